@@ -1,0 +1,47 @@
+"""Atomic checkpoint files: a checkpoint on disk is always either the previous complete one or the new complete one,
+whatever kills the process, and a failed write (a full disk) leaves the previous one intact."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stn_ablation.errors import UsageError
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be written or read; the message names the file and what to do."""
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write `state` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact, "
+            "free some disk space or move the state folder with --home, then re-run the same command") from e
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when there is none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete it to start "
+                              "this run over") from e

@@ -1,0 +1,100 @@
+"""`stn-ablate` command line: argparse subcommands. Heavy imports (torch, mlflow, optuna) happen inside the
+handlers, so `stn-ablate list --help` starts fast and a typo fails before anything loads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stn-ablate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="state folder (MLflow store, Optuna storage, checkpoints); "
+                                       "default $STN_ABLATE_HOME or ./.stn-ablate")
+    common.add_argument("--tracking-uri", help="MLflow tracking URI; default: sqlite store in the state folder")
+
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--epochs", type=int, help="epochs per run (default 50)")
+    training.add_argument("--subset", type=int, help="train on the first N images of a fixed shuffle")
+    training.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    training.add_argument("--data-root", help="torchvision data root; default $STN_ABLATE_DATA or a cache folder")
+
+    sub.add_parser("list", help="list model variants and studies")
+
+    p = sub.add_parser("train", parents=[common, training], help="train one variant as one MLflow run")
+    p.add_argument("--variant", required=True, help="registry name, see `stn-ablate list`")
+    p.add_argument("--dataset", choices=("cifar10", "mnist"))
+    p.add_argument("--aug", choices=("none", "standard"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. Expected failures (bad input, missing data, unreachable store) print one line and exit 2."""
+    from stn_ablation.errors import UsageError
+
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="stn-ablate: %(message)s", stream=sys.stderr)
+    for noisy in ("alembic", "mlflow", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = {"list": cmd_list, "train": cmd_train}[args.command]
+    try:
+        return handler(args) or 0
+    except KeyboardInterrupt:
+        print("stn-ablate: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except UsageError as e:
+        print(f"stn-ablate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from stn_ablation.registry import create_model, get_variant, list_variants
+
+    print(f"{'variant':<14} {'params':>8}  description")
+    for name in list_variants():
+        n = sum(p.numel() for p in create_model(name).parameters())
+        print(f"{name:<14} {n:>8,}  {get_variant(name).description}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from stn_ablation.config import TrainConfig
+    from stn_ablation.data import load_dataset, prepare
+    from stn_ablation.device import select_device
+    from stn_ablation.paths import StateHome
+    from stn_ablation.registry import get_variant
+    from stn_ablation.runner import run_tracked
+    from stn_ablation.tracking import Tracker
+
+    cfg = TrainConfig().with_overrides(
+        variant=args.variant, dataset=args.dataset, aug=args.aug, epochs=args.epochs, seed=args.seed, lr=args.lr,
+        batch_size=args.batch_size, subset=args.subset)
+    get_variant(cfg.variant)
+    home = StateHome.resolve(args.home)
+    device = select_device(args.device)
+    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
+    tracker.check()
+    experiment = tracker.experiment("train")
+    data = prepare(load_dataset(cfg.dataset, args.data_root), device, val_size=cfg.val_size, subset=cfg.subset)
+    key = f"train-{cfg.digest()}"
+    checkpoint = home.checkpoint(key)
+    run_id, result = run_tracked(cfg, data, device, tracker, experiment, key=key, checkpoint=checkpoint,
+                                 run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}")
+    checkpoint.unlink(missing_ok=True)  # the run is complete in MLflow; the same command trains afresh
+    last = result.history[-1] if result.history else None
+    print(f"{cfg.variant} {cfg.dataset} aug={cfg.aug} seed={cfg.seed}: {result.status}"
+          + (f" ({result.reason})" if result.reason else "")
+          + (f", test accuracy {last.test_acc:.4f} after {last.epoch} epochs, "
+             f"{sum(s.seconds for s in result.history):.0f}s" if last else "")
+          + f", mlflow run {run_id}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

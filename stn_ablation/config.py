@@ -1,0 +1,80 @@
+"""Frozen, typed configuration of one training run; every field says its unit. Studies and the CLI only ever
+produce new configs with `with_overrides`, which rejects keys that do not exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from stn_ablation.errors import ConfigError
+
+AUGMENTATIONS = ("none", "standard")
+DATASETS = ("cifar10", "mnist")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run's result. Defaults are the suite's 50-epoch recipe: one-cycle nesterov SGD with
+    label smoothing, and a localization net at a tenth of the learning rate, because at the classifier's peak rate
+    the localization net destabilizes (the STN paper also trained it 10x slower)."""
+
+    variant: str = "tutorial_stn"  # registry name, see `stn-ablate list`
+    dataset: str = "cifar10"  # one of DATASETS
+    aug: str = "none"  # one of AUGMENTATIONS: "standard" = 4-pixel-padded random crop + horizontal flip
+    epochs: int = 50  # full passes over the training split
+    batch_size: int = 128  # images per optimizer step
+    optimizer: str = "sgd"  # one of OPTIMIZERS
+    lr: float = 0.05  # peak learning rate (one-cycle), initial (cosine) or constant, per step
+    momentum: float = 0.9  # SGD momentum; AdamW uses it as beta1
+    nesterov: bool = True  # SGD only
+    weight_decay: float = 5e-4  # L2 factor, applied to weights only (never to biases, BatchNorm or the STN's identity)
+    schedule: str = "onecycle"  # one of SCHEDULES, stepped once per batch
+    warmup: float = 0.2  # one-cycle: fraction of all steps spent rising linearly to `lr`
+    label_smoothing: float = 0.1  # cross-entropy target smoothing, 0 = plain cross-entropy
+    loc_lr_mult: float = 0.1  # localization-net learning rate as a multiple of `lr`
+    seed: int = 0  # initialization, shuffling, augmentation and dropout
+    subset: int | None = None  # train on the first N images of a seeded shuffle of the training split; None = all
+    val_size: int = 5000  # images held out of the training set for validation (split seed fixed, see data.py)
+    eval_batch_size: int = 1000  # images per evaluation forward pass
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("aug", self.aug, AUGMENTATIONS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.subset is not None and self.subset < 1:
+            raise ConfigError(f"subset must be at least 1 (or unset for all images), got {self.subset}")
+        if not self.lr > 0 or not self.loc_lr_mult >= 0:
+            raise ConfigError(f"lr must be > 0 and loc_lr_mult >= 0, got lr={self.lr}, loc_lr_mult={self.loc_lr_mult}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.warmup < 1:
+            raise ConfigError("label_smoothing and warmup must lie in [0, 1)")
+        if self.val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
+
+    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+        """A copy with `overrides` applied; None values are ignored (an unset flag), unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of the config: a checkpoint is only resumed by a run with the same one."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

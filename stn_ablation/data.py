@@ -1,0 +1,219 @@
+"""CIFAR-10 and MNIST as tensors on the training device: loaded once through torchvision's dataset classes,
+normalized once, split once (a fixed 45k/5k train/validation split; the test set is only ever evaluated)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stn_ablation.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "STN_ABLATE_DATA"
+SPLIT_SEED = 20150605  # fixes the train/validation split and the subset order for every run and every seed
+
+
+class DataError(UsageError):
+    """Data that cannot be found or read; the message says where it was looked for and what to put there."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str  # torchvision's folder under the data root
+    layout: str  # what a user must put there, for error messages
+    mean: tuple[float, ...]  # published per-channel mean on [0, 1]
+    std: tuple[float, ...]
+    mirror_symmetric: bool  # horizontal flips keep the class (true for objects, false for digits)
+
+
+SPECS = {
+    "cifar10": DatasetSpec(
+        "cifar-10-batches-py",
+        "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the 'python version' from the CIFAR site)",
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
+    "mnist": DatasetSpec(
+        "MNIST", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (uncompressed idx files)",
+        (0.1307,), (0.3081,), False),
+}
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """A whole dataset as uint8 N x C x H x W images and int64 labels, on the CPU."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    provenance: str  # "official" or what differs from the official release
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Normalized float32 splits on the training device; batches are index slices of these tensors."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    mirror_symmetric: bool
+    provenance: str
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def default_data_root() -> Path:
+    """`$STN_ABLATE_DATA`, else a per-user cache folder."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "stn-ablate" / "data"
+
+
+def load_dataset(name: str, root: Path | str | None = None, download: bool = True) -> RawDataset:
+    """Load `name` from `root` (default: `default_data_root()`), downloading it when it is absent and the network
+    allows."""
+    if name not in SPECS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(SPECS)}")
+    return _load_cached(name, Path(root).expanduser().resolve() if root else default_data_root().resolve(), download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: Path, download: bool) -> RawDataset:
+    """Cached per process and root: the CIFAR pickles take a second to decode."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data root {root} is a file, not a folder; pass --data-root DIR or set {DATA_ENV}")
+    loader = _load_cifar10 if name == "cifar10" else _load_mnist
+    return loader(root, download)
+
+
+def _missing(root: Path, name: str, cause: str) -> DataError:
+    spec = SPECS[name]
+    return DataError(
+        f"{name} not found under {root} ({cause}); put {spec.layout} in that folder, "
+        f"or pass --data-root DIR / set {DATA_ENV}"
+    )
+
+
+def _cifar10_class():
+    """torchvision's CIFAR10 with the md5 check moved out of the constructor, so a local copy whose md5s differ
+    from the official release loads (`_load_cifar10` checks the md5s itself and warns)."""
+    from torchvision.datasets import CIFAR10
+
+    class LocalCIFAR10(CIFAR10):
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    return CIFAR10, LocalCIFAR10
+
+
+def _load_cifar10(root: Path, download: bool) -> RawDataset:
+    from torchvision.datasets.utils import check_integrity
+
+    official, local = _cifar10_class()
+    folder = root / SPECS["cifar10"].folder
+    files = official.train_list + official.test_list + [[official.meta["filename"], official.meta["md5"]]]
+    absent = [name for name, _ in files if not (folder / name).is_file()]
+    if absent and download:
+        try:
+            official(str(root), train=True, download=True)
+        except Exception as e:  # no network, a proxy, a bad archive: all mean "could not download"
+            raise _missing(root, "cifar10", f"missing {', '.join(absent)}; download failed: {e}") from None
+        absent = [name for name, _ in files if not (folder / name).is_file()]
+    if absent:
+        raise _missing(root, "cifar10", f"missing {', '.join(absent)}")
+    mismatched = [name for name, md5 in files if not check_integrity(str(folder / name), md5)]
+    if mismatched:
+        log.warning("CIFAR-10 at %s: md5 differs from the official release for %s; loading it as a local copy",
+                    folder, ", ".join(mismatched))
+    try:
+        train, test = local(str(root), train=True), local(str(root), train=False)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:
+        raise DataError(
+            f"CIFAR-10 batch files under {folder} are truncated or corrupt ({type(e).__name__}: {e}); "
+            "delete the folder and download or unpack it again") from None
+    if train.data.shape != (50000, 32, 32, 3) or test.data.shape != (10000, 32, 32, 3):
+        raise DataError(f"CIFAR-10 under {folder} has {len(train.data)} training and {len(test.data)} test images, "
+                        "not 50000 and 10000; delete the folder and download or unpack it again")
+    provenance = "official" if not mismatched else f"local copy, md5 differs from official: {', '.join(mismatched)}"
+    return RawDataset(
+        "cifar10",
+        torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(train.targets),
+        torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets),
+        tuple(train.classes), provenance)
+
+
+def _load_mnist(root: Path, download: bool) -> RawDataset:
+    from torchvision.datasets import MNIST
+
+    try:
+        train = MNIST(str(root), train=True, download=download)
+        test = MNIST(str(root), train=False, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise _missing(root, "mnist", str(e).split(".")[0]) from None
+    except Exception as e:  # download attempted and failed
+        raise _missing(root, "mnist", f"download failed: {e}") from None
+    return RawDataset("mnist", train.data[:, None].contiguous(), train.targets.long(),
+                      test.data[:, None].contiguous(), test.targets.long(), tuple(train.classes), "official")
+
+
+def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed shuffle of range(n): (train indices, validation indices). Same for every run and seed."""
+    if not 0 <= val_size < n:
+        raise ConfigError(f"val_size must be in [0, {n - 1}], got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[val_size:], order[:val_size]
+
+
+def prepare(raw: RawDataset, device: torch.device, *, val_size: int = 5000, subset: int | None = None) -> DataSplits:
+    """Normalize once, split, move to `device`. `subset` keeps the first N training images of the fixed shuffle."""
+    train_idx, val_idx = split_indices(len(raw.train_y), val_size)
+    if subset is not None:
+        if subset > len(train_idx):
+            raise ConfigError(f"--subset {subset} is larger than the {len(train_idx)} training images "
+                             f"({len(raw.train_y)} minus {val_size} for validation); use at most {len(train_idx)}")
+        train_idx = train_idx[:subset]
+    spec = SPECS[raw.name]
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x.to(device, non_blocking=True).float().div_(255) - mean).div_(std)
+
+    def labels(y: torch.Tensor) -> torch.Tensor:
+        return y.to(device, non_blocking=True)
+
+    return DataSplits(
+        normalize(raw.train_x[train_idx]), labels(raw.train_y[train_idx]),
+        normalize(raw.train_x[val_idx]), labels(raw.train_y[val_idx]),
+        normalize(raw.test_x), labels(raw.test_y),
+        raw.classes, spec.mean, spec.std, spec.mirror_symmetric, raw.provenance)
+
+
+def denormalize(x: torch.Tensor, splits: DataSplits) -> np.ndarray:
+    """Normalized B x C x H x W -> B x H x W x C floats on [0, 1], for plotting."""
+    mean = torch.tensor(splits.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()

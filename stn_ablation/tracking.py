@@ -1,0 +1,154 @@
+"""Everything MLflow: the only module that imports it. Runs are addressed by id through `MlflowClient`, never
+through mlflow's global active run, so that trials in several processes can nest under one parent run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from stn_ablation.errors import UsageError
+
+KEY_TAG = "stn.key"  # identifies one unit of work (a config, a study cell) across re-runs of the same command
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(UsageError):
+    """The tracking store cannot be reached or written."""
+
+
+class Tracker:
+    """A handle on one MLflow tracking store (sqlite file or server) and where its artifacts go."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        self.uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri)
+
+    def check(self) -> None:
+        """Fail now, with one line, if the store cannot be reached: not after an hour of training."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as e:
+            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); start the server or pass another "
+                                "--tracking-uri") from None
+
+    def experiment(self, name: str) -> str:
+        """Id of experiment `name`, created if absent; safe when several processes race to create it."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def find_run(self, experiment_id: str, key: str):
+        """The newest run tagged with `key`, or None."""
+        runs = self.client.search_runs([experiment_id], f"tags.`{KEY_TAG}` = '{key}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def open_run(self, experiment_id: str, key: str, name: str, *, tags: dict[str, str],
+                 params: dict[str, Any], parent_run_id: str | None = None, reuse_finished: bool = False) -> str:
+        """Id of the run for `key`: an unfinished one is reopened (its metrics continue), otherwise a new run is
+        created with `tags` and `params`. With `reuse_finished`, a finished run is returned as it is."""
+        run = self.find_run(experiment_id, key)
+        if run is not None and (run.info.status != "FINISHED" or reuse_finished):
+            if run.info.status != "FINISHED":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        all_tags = {**tags, KEY_TAG: key, **git_tags()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        return run.info.run_id
+
+    def logged_epochs(self, run_id: str) -> int:
+        """The last epoch whose metrics are in the store (0 if none)."""
+        return max((m.step for m in self.client.get_metric_history(run_id, "train_loss")), default=0)
+
+    def log_epochs(self, run_id: str, history: Iterable[Any]) -> None:
+        """Log per-epoch statistics with step = epoch; epochs already in the store are skipped, so replaying a
+        resumed run's history never duplicates a step and fills any gap a kill left."""
+        done = self.logged_epochs(run_id)
+        metrics = []
+        for stats in history:
+            if stats.epoch <= done:
+                continue
+            for name, value in asdict(stats).items():
+                if name != "epoch" and math.isfinite(value):
+                    metrics.append(Metric(_metric_name(name), value, _now_ms(), stats.epoch))
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), _now_ms(), step) for k, v in values.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_dict(self, run_id: str, value: dict, path: str) -> None:
+        self.client.log_text(run_id, json.dumps(value, indent=2, sort_keys=True), path)
+
+    def log_figure(self, run_id: str, figure, path: str) -> None:
+        self.client.log_figure(run_id, figure, path)
+
+    def log_artifact(self, run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_state_dict(self, run_id: str, state_dict: dict, path: str) -> None:
+        """Final weights as a plain `torch.save` file: loadable without MLflow's model flavours."""
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / Path(path).name
+            torch.save(state_dict, file)
+            self.client.log_artifact(run_id, str(file), str(Path(path).parent) if "/" in path else None)
+
+    def end_run(self, run_id: str, status: str, reason: str = "") -> None:
+        """Close a run. `status` is the suite's (finished, diverged, pruned, failed); MLflow's own status is
+        FINISHED only for finished runs, so that no other run ever looks successful in the UI."""
+        self.set_tags(run_id, {"status": status, "status_reason": reason[:4000]})
+        mlflow_status = {"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, mlflow_status)))
+
+
+def _metric_name(field: str) -> str:
+    return {"seconds": "epoch_seconds"}.get(field, field)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def git_tags() -> dict[str, str]:
+    """Commit and dirty flag of the code that ran, so every number traces back to a source tree."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower() if commit else "unknown"}

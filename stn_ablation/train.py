@@ -1,0 +1,182 @@
+"""The one trainer every variant shares: config and data in, per-epoch statistics out.
+
+It knows nothing of Optuna or MLflow: they attach through the `on_epoch` hook, which may raise to stop a run
+(pruning). Every epoch ends with an atomic checkpoint, so a killed run resumes where it was, bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from stn_ablation.augment import augment
+from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stn_ablation.config import TrainConfig
+from stn_ablation.data import DataSplits
+from stn_ablation.device import autocast, autocast_dtype, channels_last
+from stn_ablation.evaluate import accuracy
+from stn_ablation.registry import create_model
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float  # mean cross-entropy (with label smoothing) over the epoch's batches
+    train_acc: float  # on the augmented training batches, in train mode
+    val_acc: float  # on the held-out validation split; NaN when val_size is 0
+    test_acc: float  # on the test split; logged, never used to choose anything
+    lr: float  # classifier learning rate at the end of the epoch
+    seconds: float  # wall time of the epoch, training and evaluation
+    images_per_s: float  # training images per second of training time
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    status: str  # "finished" or "diverged"
+    reason: str  # empty when finished, else why it stopped
+    history: list[EpochStats]
+    model: nn.Module
+
+    @property
+    def test_acc(self) -> float:
+        return self.history[-1].test_acc if self.history else float("nan")
+
+    @property
+    def best_epoch(self) -> int:
+        """Epoch of the highest validation accuracy (the test set is not looked at); 0 before any epoch."""
+        scored = [(s.val_acc if not math.isnan(s.val_acc) else s.train_acc, s.epoch) for s in self.history]
+        return max(scored)[1] if scored else 0
+
+
+EpochHook = Callable[[EpochStats, nn.Module], None]
+
+
+def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Seed, then build: an STN variant and its twin get the same classifier initialization."""
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes)
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Learning-rate multiplier at optimizer step `step` of `total`."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    rise = max(1, round(warmup * total))  # one-cycle: linear up to the peak, linear down to zero
+    return (step + 1) / rise if step < rise else max(0.0, (total - step) / max(1, total - rise))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Four parameter groups: {classifier, localization net} x {weights, no-decay}. Biases and norms are not
+    decayed; the transformer's last bias *is* the identity transform, and decaying it would shrink every image."""
+    stn_ids = {id(p) for p in model.stn.parameters()} if getattr(model, "stn", None) is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        groups.setdefault((id(p) in stn_ids, p.ndim > 1), []).append(p)
+    params = [
+        {"params": ps, "name": "localization" if is_stn else "classifier",
+         "lr": cfg.lr * (cfg.loc_lr_mult if is_stn else 1.0), "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (is_stn, decay), ps in sorted(groups.items())
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
+          on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train `cfg.variant` on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
+    an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception."""
+    amp = autocast_dtype(device)
+    model = build_model(cfg, data.in_shape, data.num_classes).to(device)
+    if channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = max(1, len(data.train_y) // cfg.batch_size)  # the last partial batch is dropped
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(min(step, total - 1), total, cfg.schedule, cfg.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    generator = torch.Generator(device).manual_seed(cfg.seed)  # shuffling and augmentation
+    history: list[EpochStats] = []
+
+    state = load_checkpoint(checkpoint) if checkpoint else None
+    if state is not None:
+        if state["config_digest"] != cfg.digest():
+            raise CheckpointError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --home")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = [EpochStats(**h) for h in state["history"]]
+        _set_rng(state["rng"], generator)
+
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        start = time.perf_counter()
+        loss, acc = _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps_per_epoch)
+        train_seconds = time.perf_counter() - start
+        if not math.isfinite(loss):
+            return TrainResult(cfg, "diverged", f"diverged at epoch {epoch}: train loss is {loss}", history, model)
+        val_acc = accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size, amp)
+        test_acc = accuracy(model, data.test_x, data.test_y, cfg.eval_batch_size, amp)
+        lr = next(g["lr"] for g in optimizer.param_groups if g["name"] == "classifier")
+        stats = EpochStats(epoch, loss, acc, val_acc, test_acc, lr, time.perf_counter() - start,
+                           steps_per_epoch * cfg.batch_size / train_seconds)
+        history.append(stats)
+        rng = _get_rng(generator)
+        if checkpoint:
+            save_checkpoint({
+                "config_digest": cfg.digest(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "history": [asdict(h) for h in history], "rng": rng}, checkpoint)
+        if on_epoch:
+            on_epoch(stats, model)
+            _set_rng(rng, generator)  # a hook that draws random numbers must not change the run
+    return TrainResult(cfg, "finished", "", history, model)
+
+
+def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps) -> tuple[float, float]:
+    """One pass over a fresh permutation. Loss and hits accumulate on the device and are read once at the end."""
+    model.train()
+    device = data.train_x.device
+    order = torch.randperm(len(data.train_y), device=device, generator=generator)
+    loss_sum = torch.zeros((), device=device)
+    hits = torch.zeros((), device=device, dtype=torch.long)
+    for i in range(steps):
+        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        x = augment(data.train_x[idx], cfg.aug, generator, flip=data.mirror_symmetric)  # B x C x H x W
+        y = data.train_y[idx]
+        with autocast(device, amp):
+            logits = model(x)  # B x num_classes
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach()
+        hits += (logits.argmax(1) == y).sum()
+    return loss_sum.item() / steps, hits.item() / (steps * cfg.batch_size)
+
+
+def _get_rng(generator: torch.Generator) -> dict:
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["generator"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

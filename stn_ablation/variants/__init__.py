@@ -1,0 +1,3 @@
+"""Variant modules: importing this package registers every model variant."""
+
+from stn_ablation.variants import loc3, tutorial  # noqa: F401

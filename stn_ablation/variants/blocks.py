@@ -1,0 +1,153 @@
+"""Model code shared by every variant: classifiers, localization nets, the spatial transformer, and the one family
+class that puts an optional transformer in front of a classifier."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Shape = tuple[int, int, int]  # C x H x W of one input image
+
+
+def flat_features(module: nn.Module, in_shape: Shape) -> int:
+    """Number of features `module` produces for one image of `in_shape`, found by a dry run in eval mode (no
+    dropout, so no random numbers drawn), so the same layers build for 3x32x32 CIFAR and 1x28x28 MNIST."""
+    training = module.training
+    with torch.no_grad():
+        out = module.eval()(torch.zeros(1, *in_shape))
+    module.train(training)
+    return out.flatten(1).shape[1]
+
+
+class SpatialTransformer(nn.Module):
+    """Localization net -> 6 affine parameters -> `affine_grid` -> `grid_sample` (Jaderberg et al., 2015).
+
+    The regressor's last layer starts at zero weight and identity bias, so at initialization the transformer
+    returns its input unchanged and the classifier first learns on undistorted images. Sampling always runs in
+    fp32: bilinear interpolation in bf16/fp16 loses visible precision and the grid op is cheap.
+    """
+
+    def __init__(self, features: nn.Module, in_shape: Shape, hidden: int = 32):
+        super().__init__()
+        self.features = features
+        self.regressor = nn.Sequential(
+            nn.Linear(flat_features(features, in_shape), hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 6)
+        )
+        nn.init.zeros_(self.regressor[-1].weight)
+        with torch.no_grad():
+            self.regressor[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+
+    def theta(self, x: torch.Tensor) -> torch.Tensor:
+        """The affine matrices, B x 2 x 3, in `affine_grid`'s normalized [-1, 1] coordinates."""
+        return self.regressor(self.features(x).flatten(1)).view(-1, 2, 3)
+
+    def warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            theta, xf = theta.float(), x.float()
+            grid = F.affine_grid(theta, list(xf.shape), align_corners=False)  # B x H x W x 2
+            return F.grid_sample(xf, grid, align_corners=False).to(x.dtype)  # B x C x H x W
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.warp(x, self.theta(x))
+
+
+class STNClassifier(nn.Module):
+    """A classifier with an optional spatial transformer in front: the one family class of every variant.
+
+    The classifier is built before the transformer, so an STN variant and its no-STN twin built after the same
+    `torch.manual_seed` have bit-identical classifier weights: the ablation changes one thing only.
+    """
+
+    def __init__(self, classifier: nn.Module, transformer: nn.Module | None = None):
+        super().__init__()
+        self.classifier = classifier
+        self.stn = transformer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stn is not None:
+            x = self.stn(x)
+        return self.classifier(x)  # B x num_classes logits
+
+
+def tutorial_localization(in_channels: int) -> nn.Sequential:
+    """The PyTorch STN tutorial's localization features (7x7 and 5x5 convs, each pooled)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, kernel_size=7), nn.MaxPool2d(2), nn.ReLU(True),  # B x 8 x 13 x 13 (CIFAR)
+        nn.Conv2d(8, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(True),  # B x 10 x 4 x 4
+    )
+
+
+def loc3_localization(in_channels: int) -> nn.Sequential:
+    """A deeper localization stem: two 3x3 convs before the tutorial's 7x7 (as in the 78.9% reference model)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, kernel_size=3), nn.Conv2d(8, 8, kernel_size=3),  # B x 8 x 28 x 28
+        nn.Conv2d(8, 8, kernel_size=7), nn.MaxPool2d(2), nn.ReLU(True),  # B x 8 x 11 x 11
+        nn.Conv2d(8, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(True),  # B x 10 x 3 x 3
+    )
+
+
+class TutorialCNN(nn.Module):
+    """The PyTorch STN tutorial's classifier: two 5x5 convs, Dropout2d, two fully connected layers."""
+
+    def __init__(self, in_shape: Shape, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_shape[0], 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(True),  # B x 10 x 14 x 14
+            nn.Conv2d(10, 20, kernel_size=5), nn.Dropout2d(), nn.MaxPool2d(2), nn.ReLU(True),  # B x 20 x 5 x 5
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat_features(self.features, in_shape), 50), nn.ReLU(True),
+            nn.Dropout(), nn.Linear(50, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int = 3, *, stride: int = 1, dilation: int = 1, groups: int = 1,
+            dropout: float = 0.0) -> nn.Sequential:
+    """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU -> optional dropout."""
+    layers = [
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
+                  groups=groups, bias=False),
+        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    ]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def separable(c_in: int, c_out: int, dropout: float, stride: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1: most of a 3x3 conv's receptive field at a fraction of its parameters."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False),
+        conv_bn(c_in, c_out, kernel=1, dropout=dropout),
+    )
+
+
+class CifarCNN(nn.Module):
+    """A ~140k-parameter CIFAR CNN: four conv stages, 1x1 transitions, depthwise-separable and dilated 3x3 convs,
+    strided convs instead of max-pooling, BatchNorm, dropout and a global-average-pooling head."""
+
+    def __init__(self, in_shape: Shape, num_classes: int, dropout: float = 0.05):
+        super().__init__()
+        d = dropout
+        self.features = nn.Sequential(
+            conv_bn(in_shape[0], 24, dropout=d), conv_bn(24, 48, dropout=d),  # B x 48 x 32 x 32
+            conv_bn(48, 24, kernel=1),  # transition
+            conv_bn(24, 48, dilation=2, dropout=d),  # wider receptive field, same resolution
+            conv_bn(48, 48, stride=2, dropout=d),  # B x 48 x 16 x 16
+            separable(48, 64, d), separable(64, 64, d),
+            conv_bn(64, 32, kernel=1),
+            conv_bn(32, 64, dilation=2, dropout=d),
+            conv_bn(64, 48, stride=2, dropout=d),  # B x 48 x 8 x 8
+            separable(48, 96, d), separable(96, 96, d),
+            conv_bn(96, 48, kernel=1),
+            separable(48, 96, d, stride=2),  # B x 96 x 4 x 4
+            separable(96, 128, d),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(128, num_classes, 1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # B x num_classes
