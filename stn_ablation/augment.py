@@ -6,6 +6,8 @@ state gives the same batch, and no per-sample Python or PIL work is done.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +41,45 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
     return shift(x, offsets[0], offsets[1], pad)
 
 
+def affine_warp(x: torch.Tensor, degrees: torch.Tensor | float = 0.0, scale: torch.Tensor | float = 1.0,
+                shift_px: tuple[torch.Tensor | float, torch.Tensor | float] = (0.0, 0.0)) -> torch.Tensor:
+    """Rotate by `degrees` (counter-clockwise), zoom by `scale` (> 1 enlarges the content) and move by `shift_px`
+    pixels (right, down), per image or for the whole batch, bilinear, filling with zero (the mean colour once
+    normalized): the same fill for every model, so no variant is favoured by the border."""
+    b, _, h, w = x.shape
+    as_batch = lambda v: torch.as_tensor(v, dtype=torch.float32, device=x.device).expand(b)  # noqa: E731
+    angle, zoom = as_batch(degrees) * (math.pi / 180), as_batch(scale)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid maps output to input coordinates in [-1, 1]: the inverse of the wanted image motion
+    tx, ty = -2 * as_batch(shift_px[0]) / w, -2 * as_batch(shift_px[1]) / h
+    theta = torch.stack([torch.stack([cos, -sin, cos * tx - sin * ty], 1),
+                         torch.stack([sin, cos, sin * tx + cos * ty], 1)], 1)  # B x 2 x 3
+    grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x.float(), grid, align_corners=False).to(x.dtype)
+
+
+AFFINE_DEGREES = 30.0  # "affine" augmentation: rotation uniform in +-30 degrees,
+AFFINE_SCALE = (0.8, 1.2)  # zoom uniform in [0.8, 1.2],
+AFFINE_SHIFT = 4.0  # and translation uniform in +-4 pixels on each axis
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation, zoom and translation per image: the distortions a spatial transformer can undo."""
+    u = torch.rand(4, x.shape[0], device=x.device, generator=generator)
+    degrees = (2 * u[0] - 1) * AFFINE_DEGREES
+    scale = AFFINE_SCALE[0] + u[1] * (AFFINE_SCALE[1] - AFFINE_SCALE[0])
+    return affine_warp(x, degrees, scale, ((2 * u[2] - 1) * AFFINE_SHIFT, (2 * u[3] - 1) * AFFINE_SHIFT))
+
+
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator, *, flip: bool = True) -> torch.Tensor:
-    """Apply augmentation `kind` ("none" or "standard") to a training batch. `flip=False` for data whose classes
-    are not mirror-symmetric (digits)."""
+    """Apply augmentation `kind` to a training batch: "none"; "standard" (4-pixel crop + flip); "affine" (random
+    rotation, zoom and shift + flip). `flip=False` for data whose classes are not mirror-symmetric (digits)."""
     if kind == "none":
         return x
     if kind == "standard":
         x = random_crop(x, 4, generator)
-        return random_hflip(x, generator) if flip else x
-    raise ConfigError(f"unknown augmentation {kind!r}; choose none or standard")
+    elif kind == "affine":
+        x = random_affine(x, generator)
+    else:
+        raise ConfigError(f"unknown augmentation {kind!r}; choose none, standard or affine")
+    return random_hflip(x, generator) if flip else x

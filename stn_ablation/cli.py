@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from stn_ablation.errors import UsageError
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stn-ablate", description=__doc__.splitlines()[0])
@@ -29,22 +31,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common, training], help="train one variant as one MLflow run")
     p.add_argument("--variant", required=True, help="registry name, see `stn-ablate list`")
     p.add_argument("--dataset", choices=("cifar10", "mnist"))
-    p.add_argument("--aug", choices=("none", "standard"))
+    p.add_argument("--aug", choices=("none", "standard", "affine"))
+    p.add_argument("--distort", action="store_true",
+                   help="train on randomly rotated/zoomed/shifted images: the same as --aug affine")
     p.add_argument("--seed", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--batch-size", type=int)
+
+    p = sub.add_parser("run", parents=[common, training], help="run (or resume) a study: its trials as MLflow runs")
+    p.add_argument("--study", required=True, help="a name from `stn-ablate list` or a path to a .toml file")
+    p.add_argument("--storage", help="Optuna storage: postgresql://... to share a study between machines, "
+                                     "sqlite:///FILE, or a .journal file; default: a journal in the state folder")
+    p.add_argument("--n-trials", type=int, help="tuning: total trials; grid: at most this many cells")
+
+    p = sub.add_parser("report", parents=[common], help="write a study's report from its MLflow runs")
+    p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
+    p.add_argument("--out", help="output folder; default reports/STUDY")
+    p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="format of the tables")
+
+    p = sub.add_parser("ui", parents=[common], help="start the MLflow UI on the suite's tracking store")
+    p.add_argument("--study", help="print the URL of this study's experiment")
+    p.add_argument("--port", type=int, default=5000)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Expected failures (bad input, missing data, unreachable store) print one line and exit 2."""
-    from stn_ablation.errors import UsageError
-
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="stn-ablate: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"list": cmd_list, "train": cmd_train}[args.command]
+    handler = {"list": cmd_list, "train": cmd_train, "run": cmd_run, "report": cmd_report, "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
     except KeyboardInterrupt:
@@ -57,11 +74,67 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from stn_ablation.registry import create_model, get_variant, list_variants
+    from stn_ablation.studyfile import list_studies, load_study
 
     print(f"{'variant':<14} {'params':>8}  description")
     for name in list_variants():
         n = sum(p.numel() for p in create_model(name).parameters())
         print(f"{name:<14} {n:>8,}  {get_variant(name).description}")
+    print(f"\n{'study':<16} {'trials':>6}  description")
+    for name in list_studies():
+        spec = load_study(name)
+        print(f"{name:<16} {spec.n_trials:>6}  {spec.description.splitlines()[0]}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from stn_ablation.device import select_device
+    from stn_ablation.paths import StateHome
+    from stn_ablation.study import Worker, summarize
+    from stn_ablation.studyfile import load_study
+    from stn_ablation.tracking import Tracker
+
+    spec = load_study(args.study, epochs=args.epochs, subset=args.subset, n_trials=args.n_trials)
+    home = StateHome.resolve(args.home)
+    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
+    worker = Worker(spec, home, tracker, select_device(args.device), data_root=args.data_root,
+                    storage_url=args.storage, max_trials=args.n_trials if spec.grid else None)
+    study = worker.run()
+    print(summarize(study, spec))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from stn_ablation.paths import StateHome
+    from stn_ablation.report import write_report
+    from stn_ablation.tracking import Tracker
+
+    home = StateHome.resolve(args.home)
+    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
+    tracker.check()
+    out = write_report(tracker, args.study, Path(args.out) if args.out else None, args.format)
+    print(f"report written to {out}")
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from stn_ablation.paths import StateHome
+    from stn_ablation.tracking import Tracker
+
+    home = StateHome.resolve(args.home)
+    uri = args.tracking_uri or home.tracking_uri
+    url = f"http://127.0.0.1:{args.port}"
+    if args.study:
+        tracker = Tracker(uri, home.artifact_root)
+        tracker.check()
+        found = tracker.client.get_experiment_by_name(args.study)
+        if found is None:
+            raise UsageError(f"no runs of study {args.study!r} in {uri} yet; run `stn-ablate run --study "
+                             f"{args.study}` first")
+        url += f"/#/experiments/{found.experiment_id}"
+    print(f"MLflow UI for {uri}: {url}  (Ctrl-C stops it)", flush=True)
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                    "--default-artifact-root", home.artifact_root.as_uri(), "--host", "127.0.0.1",
+                    "--port", str(args.port)], check=False)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -73,8 +146,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from stn_ablation.runner import run_tracked
     from stn_ablation.tracking import Tracker
 
+    if args.distort and args.aug not in (None, "affine"):
+        raise UsageError(f"--distort means --aug affine; drop one of --distort and --aug {args.aug}")
     cfg = TrainConfig().with_overrides(
-        variant=args.variant, dataset=args.dataset, aug=args.aug, epochs=args.epochs, seed=args.seed, lr=args.lr,
+        variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs, seed=args.seed, lr=args.lr,
         batch_size=args.batch_size, subset=args.subset)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)

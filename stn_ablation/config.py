@@ -11,7 +11,7 @@ from typing import Any
 
 from stn_ablation.errors import ConfigError
 
-AUGMENTATIONS = ("none", "standard")
+AUGMENTATIONS = ("none", "standard", "affine")
 DATASETS = ("cifar10", "mnist")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -25,7 +25,7 @@ class TrainConfig:
 
     variant: str = "tutorial_stn"  # registry name, see `stn-ablate list`
     dataset: str = "cifar10"  # one of DATASETS
-    aug: str = "none"  # one of AUGMENTATIONS: "standard" = 4-pixel-padded random crop + horizontal flip
+    aug: str = "none"  # one of AUGMENTATIONS: "standard" = 4-pixel crop + flip, "affine" = rotate/zoom/shift + flip
     epochs: int = 50  # full passes over the training split
     batch_size: int = 128  # images per optimizer step
     optimizer: str = "sgd"  # one of OPTIMIZERS
@@ -43,6 +43,10 @@ class TrainConfig:
     eval_batch_size: int = 1000  # images per evaluation forward pass
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, expected = getattr(self, f.name), _TYPES[f.type]
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("aug", self.aug, AUGMENTATIONS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -75,6 +79,30 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "int | None": (int, type(None))}
+
+
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """The distortion sweeps every finished trial is evaluated under: where an STN should matter. The images are
+    the first `images` of the test set, identical for every variant, so results pair across models and seeds."""
+
+    rotate: tuple[float, ...] = (-60, -45, -30, -15, 0, 15, 30, 45, 60)  # degrees, counter-clockwise
+    scale: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)  # zoom factor, > 1 enlarges
+    translate: tuple[float, ...] = (-8, -6, -4, -2, 0, 2, 4, 6, 8)  # pixels, applied along both axes at once
+    images: int = 2000  # test images per sweep point; 0 disables the sweeps
+
+    def __post_init__(self) -> None:
+        for name in ("rotate", "scale", "translate"):
+            values = getattr(self, name)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"robustness.{name} must be a list of numbers, got {values!r}")
+        if any(s <= 0 for s in self.scale):
+            raise ConfigError(f"robustness.scale factors must be > 0, got {self.scale}")
+        if not isinstance(self.images, int) or self.images < 0:
+            raise ConfigError(f"robustness.images must be an integer >= 0, got {self.images!r}")

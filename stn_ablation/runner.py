@@ -12,10 +12,12 @@ import torch
 import torch.nn as nn
 
 from stn_ablation.checkpoint import load_checkpoint
-from stn_ablation.config import TrainConfig
+from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data import DataSplits
+from stn_ablation.device import autocast_dtype
 from stn_ablation.evaluate import per_class_accuracy
 from stn_ablation.registry import get_variant
+from stn_ablation.robustness import sweep_accuracy, theta_stats
 from stn_ablation.tracking import Tracker
 from stn_ablation.train import EpochHook, EpochStats, TrainResult, train
 
@@ -45,18 +47,21 @@ def grid_epochs(epochs: int) -> set[int]:
 def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracker: Tracker, experiment_id: str, *,
                 key: str, run_name: str, checkpoint: Path, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None, hooks: Sequence[EpochHook] = (), progress_label: str | None = None,
-                on_start: Callable[[str], None] | None = None) -> tuple[str, TrainResult]:
+                on_start: Callable[[str], None] | None = None, reuse_finished: bool = False,
+                robustness: RobustnessConfig = RobustnessConfig()) -> tuple[str, TrainResult]:
     """Train `cfg` as the MLflow run identified by `key`. A killed run re-run with the same key continues its
     checkpoint in the same MLflow run, with no gap and no duplicate step. Exceptions raised by `hooks` (pruning)
-    propagate after the run is left open for the caller to close."""
+    propagate after the run is left open for the caller to close. A finished run is then evaluated under the
+    `robustness` sweeps."""
     run_id = tracker.open_run(
         experiment_id, key, run_name, parent_run_id=parent_run_id, params=cfg.as_dict(),
+        reuse_finished=reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
               **(tags or {})})
     if on_start:
         on_start(run_id)
-    resumed = _checkpointed_history(checkpoint)
+    resumed = checkpointed_history(checkpoint)
     tracker.log_epochs(run_id, resumed)  # fills what a kill between checkpoint and logging left out
     progress = Progress(progress_label or run_name, cfg.epochs, len(resumed))
     pictures = grid_epochs(cfg.epochs)
@@ -81,12 +86,13 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
         raise
     finally:
         progress.close()
-    _finish(tracker, run_id, result, data, time.perf_counter() - start)
+    _finish(tracker, run_id, result, data, time.perf_counter() - start, robustness)
     return run_id, result
 
 
-def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits, seconds: float) -> None:
-    """Final metrics and artifacts, then close the run with the trainer's status."""
+def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits, seconds: float,
+            robustness: RobustnessConfig) -> None:
+    """Final metrics, robustness sweeps and artifacts, then close the run with the trainer's status."""
     model, cfg = result.model, result.config
     history = result.history
     final = {"n_params": sum(p.numel() for p in model.parameters()), "wall_seconds_this_process": seconds}
@@ -100,11 +106,16 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
     if result.status == "finished":
         classes = per_class_accuracy(model, data.test_x, data.test_y, data.num_classes, cfg.eval_batch_size)
         tracker.log_dict(run_id, dict(zip(data.classes, classes)), "per_class_test_acc.json")
+        amp = autocast_dtype(data.test_x.device)
+        tracker.log_metrics(run_id, {
+            **sweep_accuracy(model, data.test_x, data.test_y, robustness, cfg.eval_batch_size, amp),
+            **theta_stats(model, data.test_x, cfg.eval_batch_size)})
         tracker.log_state_dict(run_id, {k: v.cpu() for k, v in model.state_dict().items()}, "model/state_dict.pt")
     tracker.end_run(run_id, result.status, result.reason)
 
 
-def _checkpointed_history(path: Path) -> list[EpochStats]:
+def checkpointed_history(path: Path) -> list[EpochStats]:
+    """The epochs a checkpoint already holds (none if there is no checkpoint)."""
     state = load_checkpoint(path)
     return [EpochStats(**h) for h in state["history"]] if state else []
 

@@ -123,6 +123,9 @@ class Tracker:
             torch.save(state_dict, file)
             self.client.log_artifact(run_id, str(file), str(Path(path).parent) if "/" in path else None)
 
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        return any(f.path == path for f in self.client.list_artifacts(run_id))
+
     def end_run(self, run_id: str, status: str, reason: str = "") -> None:
         """Close a run. `status` is the suite's (finished, diverged, pruned, failed); MLflow's own status is
         FINISHED only for finished runs, so that no other run ever looks successful in the UI."""

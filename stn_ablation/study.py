@@ -1,0 +1,276 @@
+"""Study files -> Optuna studies -> tracked trainer runs.
+
+A worker (one `stn-ablate run` process) claims trials one at a time under the storage lock: grid cells are
+enqueued once and popped once, so any number of workers on any number of machines run each cell exactly once.
+A trial whose worker died is failed and re-queued; its re-run resumes the same checkpoint in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from stn_ablation.config import TrainConfig
+from stn_ablation.data import DataError, DataSplits, load_dataset, prepare
+from stn_ablation.owners import Heartbeat, owner_alive, this_owner
+from stn_ablation.checkpoint import CheckpointError
+from stn_ablation.paths import StateFolderError, StateHome
+from stn_ablation.runner import checkpointed_history, run_tracked
+from stn_ablation.storage import Lock, open_storage
+from stn_ablation.studyfile import StudySpec
+from stn_ablation.tracking import Tracker
+from stn_ablation.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+RESULT_STATUSES = ("finished", "diverged", "pruned")  # a cell with one of these is done; "failed" is re-run
+
+
+@dataclass
+class Worker:
+    """Runs trials of one study until none is left (or `max_trials` have run in this process)."""
+
+    spec: StudySpec
+    home: StateHome
+    tracker: Tracker
+    device: torch.device
+    data_root: str | None = None
+    storage_url: str | None = None
+    max_trials: int | None = None
+    owner: str = field(default_factory=this_owner)
+    _failed_here: set[str] = field(default_factory=set)
+    _data: dict[tuple, DataSplits] = field(default_factory=dict)
+
+    def run(self) -> optuna.Study:
+        spec = self.spec
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.tracker.check()
+        storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
+        with self.lock():
+            self.study = optuna.create_study(
+                study_name=spec.storage_name, storage=storage, direction="maximize", load_if_exists=True,
+                sampler=_sampler(spec), pruner=_pruner(spec))
+            self.experiment = self.tracker.experiment(spec.name)
+            self.parent = self._open_parent()
+        ran = 0
+        while self.max_trials is None or ran < self.max_trials:
+            trial = self._claim()
+            if trial is None:
+                break
+            self._run_trial(trial)
+            ran += 1
+        self._close_parent()
+        return self.study
+
+    # -- claiming -------------------------------------------------------------------------------------------
+
+    def _claim(self) -> optuna.Trial | None:
+        """Under the lock: fail trials whose worker is gone, queue what is missing, pop one trial."""
+        with self.lock():
+            trials = self.study.get_trials(deepcopy=False)
+            self._fail_orphans(trials)
+            trials = self.study.get_trials(deepcopy=False)
+            has_waiting = any(t.state == TrialState.WAITING for t in trials)
+            if self.spec.grid:
+                busy = {t.user_attrs.get("cell") for t in trials
+                        if t.state in (TrialState.WAITING, TrialState.RUNNING)
+                        or t.user_attrs.get("status") in RESULT_STATUSES}
+                for cell in self.spec.cells():
+                    key = cell_key(cell)
+                    if key not in busy and key not in self._failed_here:
+                        self.study.enqueue_trial(cell, user_attrs={"cell": key})
+                        has_waiting = True
+            else:
+                counted = [t for t in trials if t.state != TrialState.FAIL
+                           or t.user_attrs.get("status") in RESULT_STATUSES]
+                has_waiting = has_waiting or len(counted) < self.spec.n_trials
+            if not has_waiting:
+                return None
+            trial = self.study.ask()
+            trial.set_user_attr("owner", self.owner)
+            trial.set_user_attr("heartbeat", time.time())
+            return trial
+
+    def _fail_orphans(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Running trials whose worker is gone become failed; a tuning trial's parameters are queued again."""
+        for t in trials:
+            if t.state != TrialState.RUNNING or owner_alive(t.user_attrs.get("owner"), t.user_attrs.get("heartbeat")):
+                continue
+            storage = self.study._storage
+            storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            storage.set_trial_user_attr(t._trial_id, "reason", f"worker {t.user_attrs.get('owner')} is gone")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            log.info("trial %d lost its worker; queued again", t.number)
+            if self.spec.search:
+                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+    # -- running --------------------------------------------------------------------------------------------
+
+    def _run_trial(self, trial: optuna.Trial) -> None:
+        spec = self.spec
+        params = self._suggest(trial)
+        cfg = spec.config(params)
+        key = f"{spec.storage_name}:{cfg.digest()}"
+        cell = trial.user_attrs.get("cell") or key
+        index = _cell_index(spec, params, trial)
+        storage = self.study._storage
+        beat = Heartbeat(lambda: storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()))
+        checkpoint = self.home.checkpoint(key.replace(":", "-"))
+        hooks = []
+        if spec.search and spec.pruner != "none":
+            for stats in checkpointed_history(checkpoint):  # a resumed trial re-reports what its checkpoint holds
+                trial.report(stats.val_acc, stats.epoch)
+            hooks.append(_pruning_hook(trial))
+        run_ids: list[str] = []
+
+        def started(run_id: str) -> None:
+            run_ids.append(run_id)
+            trial.set_user_attr("mlflow_run_id", run_id)
+        label = f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}"
+        with beat:
+            try:
+                run_id, result = run_tracked(
+                    cfg, self._splits(cfg), self.device, self.tracker, self.experiment, key=key,
+                    run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
+                    checkpoint=checkpoint, parent_run_id=self.parent, hooks=hooks, progress_label=label,
+                    reuse_finished=True, on_start=started, robustness=spec.robustness,
+                    tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase,
+                          "trial": str(trial.number), "cell": cell, "study_file_sha256": spec.file_sha256})
+            except optuna.TrialPruned as e:
+                self.tracker.end_run(run_ids[0], "pruned", str(e))
+                self._end(trial, TrialState.PRUNED, "pruned", str(e), None)
+                checkpoint.unlink(missing_ok=True)
+                return
+            except Exception as e:
+                self._failed_here.add(cell)
+                self._end(trial, TrialState.FAIL, "failed", f"{type(e).__name__}: {e}", None)
+                log.error("trial %d (%s) failed: %s: %s", trial.number, cell, type(e).__name__, e)
+                if isinstance(e, (CheckpointError, StateFolderError, DataError)):
+                    raise  # the next trial would fail the same way: stop with the one-line error
+                return
+        value = _value(result, spec.metric)
+        state = TrialState.COMPLETE if result.status == "finished" and value is not None else TrialState.FAIL
+        self._end(trial, state, result.status, result.reason, value, test_acc=result.test_acc)
+        checkpoint.unlink(missing_ok=True)
+
+    def _end(self, trial, state, status, reason, value, **attrs) -> None:
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("reason", reason)
+        for k, v in attrs.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                trial.set_user_attr(k, v)
+        self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+    def _suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        if self.spec.grid:
+            return {axis: trial.suggest_categorical(axis, values) for axis, values in self.spec.grid.items()}
+        params = {}
+        for p in self.spec.search:
+            if p.kind == "float":
+                params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+            elif p.kind == "int":
+                params[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log)
+            else:
+                params[p.name] = trial.suggest_categorical(p.name, p.choices)
+        return params
+
+    def _splits(self, cfg: TrainConfig) -> DataSplits:
+        """Data on the device, prepared once per process for each (dataset, validation size, subset)."""
+        key = (cfg.dataset, cfg.val_size, cfg.subset)
+        if key not in self._data:
+            self._data.clear()  # one copy on the device at a time
+            self._data[key] = prepare(load_dataset(cfg.dataset, self.data_root), self.device,
+                                      val_size=cfg.val_size, subset=cfg.subset)
+        return self._data[key]
+
+    # -- the parent run -------------------------------------------------------------------------------------
+
+    def _open_parent(self) -> str:
+        spec = self.spec
+        run_id = self.tracker.open_run(
+            self.experiment, f"study:{spec.storage_name}", spec.storage_name, reuse_finished=True,
+            tags={"study": spec.name, "study_digest": spec.digest, "phase": "study", "optuna_study": spec.storage_name,
+                  "study_file_sha256": spec.file_sha256, "mlflow.note.content": spec.description},
+            params={"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner, "metric": spec.metric,
+                    **{f"grid.{k}": ",".join(map(str, v)) for k, v in spec.grid.items()},
+                    **{f"base.{k}": v for k, v in spec.base.as_dict().items()}})
+        if not self.tracker.has_artifact(run_id, spec.path.name):
+            self.tracker.log_artifact(run_id, spec.path)
+            self.tracker.log_dict(run_id, spec.base.as_dict(), "resolved_base_config.json")
+        self.tracker.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def _close_parent(self) -> None:
+        """The parent finishes when every trial of the study has ended; other workers may still be running."""
+        with self.lock():
+            trials = self.study.get_trials(deepcopy=False)
+            if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+                return
+            ended = {t.user_attrs.get("cell") for t in trials if t.user_attrs.get("status") in RESULT_STATUSES}
+            complete = all(cell_key(c) in ended for c in self.spec.cells()) if self.spec.grid else \
+                len([t for t in trials if t.user_attrs.get("status") in RESULT_STATUSES]) >= self.spec.n_trials
+            if complete:
+                self.tracker.end_run(self.parent, "finished")
+            else:
+                self.tracker.client.update_run(self.parent, status="FAILED")
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    return "/".join(f"{k}={v}" for k, v in cell.items())
+
+
+def summarize(study: optuna.Study, spec: StudySpec) -> str:
+    """One line per trial: cell, status, validation and test accuracy; then counts by status."""
+    lines, counts = [], {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        status = t.user_attrs.get("status", t.state.name.lower())
+        counts[status] = counts.get(status, 0) + 1
+        name = t.user_attrs.get("cell") or ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                       for k, v in t.params.items())
+        val = f"val {t.value:.4f}" if t.value is not None else ""
+        test = f"test {t.user_attrs['test_acc']:.4f}" if "test_acc" in t.user_attrs else ""
+        lines.append(f"  #{t.number:<3} {name:<48} {status:<9} {val:<11} {test}".rstrip())
+    total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"study {spec.name} ({spec.storage_name}): {total}\n" + "\n".join(lines)
+
+
+def _cell_index(spec: StudySpec, params: dict[str, Any], trial: optuna.Trial) -> int:
+    if spec.grid:
+        return spec.cells().index(params) + 1
+    return trial.number + 1
+
+
+def _value(result: TrainResult, metric: str) -> float | None:
+    if not result.history:
+        return None
+    value = getattr(result.history[-1], metric)
+    return None if math.isnan(value) else value
+
+
+def _pruning_hook(trial: optuna.Trial):
+    """Report validation accuracy each epoch; raise TrialPruned when the pruner says so."""
+
+    def hook(stats, model) -> None:
+        trial.report(stats.val_acc, stats.epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}: val_acc {stats.val_acc:.4f} below the median")
+    return hook
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=0)
+    return optuna.samplers.TPESampler(seed=0, n_startup_trials=min(10, max(1, spec.n_trials // 3)))
+
+
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.base.epochs // 5))
+    return optuna.pruners.NopPruner()
