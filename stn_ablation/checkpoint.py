@@ -28,8 +28,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a full disk, a pickling error, Ctrl-C: never leave a temporary file behind
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
         raise CheckpointError(
             f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact, "
             "free some disk space or move the state folder with --home, then re-run the same command") from e
@@ -41,7 +43,7 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete it to start "
                               "this run over") from e

@@ -24,6 +24,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     training.add_argument("--epochs", type=int, help="epochs per run (default 50)")
     training.add_argument("--subset", type=int, help="train on the first N images of a fixed shuffle")
     training.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    training.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                          help="autocast precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
     training.add_argument("--data-root", help="torchvision data root; default $STN_ABLATE_DATA or a cache folder")
 
     sub.add_parser("list", help="list model variants and studies")
@@ -42,12 +44,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="a name from `stn-ablate list` or a path to a .toml file")
     p.add_argument("--storage", help="Optuna storage: postgresql://... to share a study between machines, "
                                      "sqlite:///FILE, or a .journal file; default: a journal in the state folder")
-    p.add_argument("--n-trials", type=int, help="tuning: total trials; grid: at most this many cells")
+    p.add_argument("--n-trials", type=int, help="tuning: total trials; grid: only the first N cells")
 
     p = sub.add_parser("report", parents=[common], help="write a study's report from its MLflow runs")
     p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
     p.add_argument("--out", help="output folder; default reports/STUDY")
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="format of the tables")
+
+    p = sub.add_parser("bench", help="training/evaluation throughput of the trainer vs a tutorial-style pipeline")
+    p.add_argument("--variant", action="append", help="variant to measure (repeatable); default: all four")
+    p.add_argument("--aug", default="standard", choices=("none", "standard"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--seconds", type=float, default=20.0, help="measuring time per pipeline and variant")
+    p.add_argument("--real-data", action="store_true", help="real CIFAR-10 instead of synthetic CIFAR-shaped data")
+    p.add_argument("--data-root", help="torchvision data root for --real-data")
+    p.add_argument("--workers", action="store_true", help="also measure trials/hour with 1 vs 2 worker processes")
 
     p = sub.add_parser("ui", parents=[common], help="start the MLflow UI on the suite's tracking store")
     p.add_argument("--study", help="print the URL of this study's experiment")
@@ -61,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="stn-ablate: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"list": cmd_list, "train": cmd_train, "run": cmd_run, "report": cmd_report, "ui": cmd_ui}[args.command]
+    handler = {"list": cmd_list, "train": cmd_train, "run": cmd_run, "report": cmd_report, "bench": cmd_bench,
+               "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
     except KeyboardInterrupt:
@@ -97,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     home = StateHome.resolve(args.home)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     worker = Worker(spec, home, tracker, select_device(args.device), data_root=args.data_root,
-                    storage_url=args.storage, max_trials=args.n_trials if spec.grid else None)
+                    storage_url=args.storage, precision=args.precision)
     study = worker.run()
     print(summarize(study, spec))
 
@@ -112,6 +126,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     tracker.check()
     out = write_report(tracker, args.study, Path(args.out) if args.out else None, args.format)
     print(f"report written to {out}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from stn_ablation.bench import run_bench
+    from stn_ablation.device import select_device
+
+    print(run_bench(variants=args.variant or ["tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"],
+                    aug=args.aug, batch_size=args.batch_size, device=select_device(args.device),
+                    precision=args.precision, seconds=args.seconds, real_data=args.real_data,
+                    data_root=args.data_root, workers=args.workers))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -154,13 +178,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)
+    data = prepare(load_dataset(cfg.dataset, args.data_root), device, val_size=cfg.val_size, subset=cfg.subset)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     tracker.check()
     experiment = tracker.experiment("train")
-    data = prepare(load_dataset(cfg.dataset, args.data_root), device, val_size=cfg.val_size, subset=cfg.subset)
     key = f"train-{cfg.digest()}"
     checkpoint = home.checkpoint(key)
     run_id, result = run_tracked(cfg, data, device, tracker, experiment, key=key, checkpoint=checkpoint,
+                                 precision=args.precision,
                                  run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}")
     checkpoint.unlink(missing_ok=True)  # the run is complete in MLflow; the same command trains afresh
     last = result.history[-1] if result.history else None

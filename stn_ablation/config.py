@@ -47,6 +47,8 @@ class TrainConfig:
             value, expected = getattr(self, f.name), _TYPES[f.type]
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
                 raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
+            if f.type == "float":  # lr = 1 and lr = 1.0 are one config, with one digest
+                object.__setattr__(self, f.name, float(value))
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("aug", self.aug, AUGMENTATIONS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)

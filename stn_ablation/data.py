@@ -3,12 +3,15 @@ normalized once, split once (a fixed 45k/5k train/validation split; the test set
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
+import socket
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -116,12 +119,18 @@ def _missing(root: Path, name: str, cause: str) -> DataError:
     )
 
 
+def _describe(absent: list[str], files: list) -> str:
+    return "no CIFAR-10 files there" if len(absent) == len(files) else f"missing {', '.join(absent)}"
+
+
 def _cifar10_class():
     """torchvision's CIFAR10 with the md5 check moved out of the constructor, so a local copy whose md5s differ
     from the official release loads (`_load_cifar10` checks the md5s itself and warns)."""
     from torchvision.datasets import CIFAR10
 
     class LocalCIFAR10(CIFAR10):
+        meta = {**CIFAR10.meta, "md5": None}  # None: torchvision checks only that the file exists
+
         def _check_integrity(self) -> bool:
             folder = Path(self.root) / self.base_folder
             return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
@@ -137,20 +146,22 @@ def _load_cifar10(root: Path, download: bool) -> RawDataset:
     files = official.train_list + official.test_list + [[official.meta["filename"], official.meta["md5"]]]
     absent = [name for name, _ in files if not (folder / name).is_file()]
     if absent and download:
+        log.info("CIFAR-10 is not under %s; downloading it there (170 MB)", root)
         try:
-            official(str(root), train=True, download=True)
+            with _network_timeout(30):
+                official(str(root), train=True, download=True)
         except Exception as e:  # no network, a proxy, a bad archive: all mean "could not download"
-            raise _missing(root, "cifar10", f"missing {', '.join(absent)}; download failed: {e}") from None
+            raise _missing(root, "cifar10", f"{_describe(absent, files)}; download failed: {e}") from None
         absent = [name for name, _ in files if not (folder / name).is_file()]
     if absent:
-        raise _missing(root, "cifar10", f"missing {', '.join(absent)}")
+        raise _missing(root, "cifar10", _describe(absent, files))
     mismatched = [name for name, md5 in files if not check_integrity(str(folder / name), md5)]
     if mismatched:
         log.warning("CIFAR-10 at %s: md5 differs from the official release for %s; loading it as a local copy",
                     folder, ", ".join(mismatched))
     try:
         train, test = local(str(root), train=True), local(str(root), train=False)
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError) as e:
         raise DataError(
             f"CIFAR-10 batch files under {folder} are truncated or corrupt ({type(e).__name__}: {e}); "
             "delete the folder and download or unpack it again") from None
@@ -169,14 +180,29 @@ def _load_mnist(root: Path, download: bool) -> RawDataset:
     from torchvision.datasets import MNIST
 
     try:
-        train = MNIST(str(root), train=True, download=download)
-        test = MNIST(str(root), train=False, download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise _missing(root, "mnist", str(e).split(".")[0]) from None
+        with _network_timeout(30):
+            train = MNIST(str(root), train=True, download=download)
+            test = MNIST(str(root), train=False, download=download)
+    except RuntimeError as e:
+        if str(e).startswith("Dataset not found"):
+            raise _missing(root, "mnist", "no MNIST files there") from None
+        raise DataError(f"MNIST files under {root / 'MNIST' / 'raw'} are truncated or corrupt ({e}); delete "
+                        "them and download or unpack them again") from None
     except Exception as e:  # download attempted and failed
         raise _missing(root, "mnist", f"download failed: {e}") from None
     return RawDataset("mnist", train.data[:, None].contiguous(), train.targets.long(),
                       test.data[:, None].contiguous(), test.targets.long(), tuple(train.classes), "official")
+
+
+@contextlib.contextmanager
+def _network_timeout(seconds: float) -> Iterator[None]:
+    """torchvision opens its download URLs without a timeout; on a network that drops packets that would hang."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:

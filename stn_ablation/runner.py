@@ -48,7 +48,8 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
                 key: str, run_name: str, checkpoint: Path, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None, hooks: Sequence[EpochHook] = (), progress_label: str | None = None,
                 on_start: Callable[[str], None] | None = None, reuse_finished: bool = False,
-                robustness: RobustnessConfig = RobustnessConfig()) -> tuple[str, TrainResult]:
+                robustness: RobustnessConfig = RobustnessConfig(), precision: str = "auto"
+                ) -> tuple[str, TrainResult]:
     """Train `cfg` as the MLflow run identified by `key`. A killed run re-run with the same key continues its
     checkpoint in the same MLflow run, with no gap and no duplicate step. Exceptions raised by `hooks` (pruning)
     propagate after the run is left open for the caller to close. A finished run is then evaluated under the
@@ -58,11 +59,14 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
         reuse_finished=reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
+              "precision": str(autocast_dtype(device, precision) or torch.float32).removeprefix("torch."),
               **(tags or {})})
     if on_start:
         on_start(run_id)
     resumed = checkpointed_history(checkpoint)
     tracker.log_epochs(run_id, resumed)  # fills what a kill between checkpoint and logging left out
+    if resumed:
+        tracker.set_tags(run_id, {"resumed_from_epoch": str(len(resumed))})
     progress = Progress(progress_label or run_name, cfg.epochs, len(resumed))
     pictures = grid_epochs(cfg.epochs)
 
@@ -79,19 +83,20 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
 
     start = time.perf_counter()
     try:
-        result = train(cfg, data, device, checkpoint=checkpoint, on_epoch=_chain(record, progress, *hooks))
+        result = train(cfg, data, device, checkpoint=checkpoint, on_epoch=_chain(record, progress, *hooks),
+                       precision=precision)
     except BaseException as e:
         if not isinstance(e, (KeyboardInterrupt, SystemExit)) and type(e).__name__ != "TrialPruned":
             tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         progress.close()
-    _finish(tracker, run_id, result, data, time.perf_counter() - start, robustness)
+    _finish(tracker, run_id, result, data, time.perf_counter() - start, robustness, precision)
     return run_id, result
 
 
 def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits, seconds: float,
-            robustness: RobustnessConfig) -> None:
+            robustness: RobustnessConfig, precision: str) -> None:
     """Final metrics, robustness sweeps and artifacts, then close the run with the trainer's status."""
     model, cfg = result.model, result.config
     history = result.history
@@ -106,7 +111,7 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
     if result.status == "finished":
         classes = per_class_accuracy(model, data.test_x, data.test_y, data.num_classes, cfg.eval_batch_size)
         tracker.log_dict(run_id, dict(zip(data.classes, classes)), "per_class_test_acc.json")
-        amp = autocast_dtype(data.test_x.device)
+        amp = autocast_dtype(data.test_x.device, precision)
         tracker.log_metrics(run_id, {
             **sweep_accuracy(model, data.test_x, data.test_y, robustness, cfg.eval_batch_size, amp),
             **theta_stats(model, data.test_x, cfg.eval_batch_size)})

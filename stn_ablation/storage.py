@@ -7,7 +7,6 @@ storage on this host, a PostgreSQL advisory lock when workers on many machines s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import zlib
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -15,6 +14,7 @@ from typing import Callable, ContextManager
 import optuna
 
 from stn_ablation.errors import UsageError
+from stn_ablation.locks import file_lock
 from stn_ablation.paths import StateHome
 
 
@@ -47,16 +47,7 @@ def open_storage(url: str | None, home: StateHome, study_name: str) -> tuple[opt
 
 
 def _file_lock(path: Path) -> Lock:
-    @contextlib.contextmanager
-    def lock():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    return lock
+    return lambda: file_lock(path)
 
 
 def _advisory_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Lock:

@@ -35,7 +35,7 @@ RESULT_STATUSES = ("finished", "diverged", "pruned")  # a cell with one of these
 
 @dataclass
 class Worker:
-    """Runs trials of one study until none is left (or `max_trials` have run in this process)."""
+    """Runs trials of one study until none is left."""
 
     spec: StudySpec
     home: StateHome
@@ -43,7 +43,7 @@ class Worker:
     device: torch.device
     data_root: str | None = None
     storage_url: str | None = None
-    max_trials: int | None = None
+    precision: str = "auto"
     owner: str = field(default_factory=this_owner)
     _failed_here: set[str] = field(default_factory=set)
     _data: dict[tuple, DataSplits] = field(default_factory=dict)
@@ -52,6 +52,7 @@ class Worker:
         spec = self.spec
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.tracker.check()
+        self._splits(spec.base)  # missing or broken data fails here, before any trial is created
         storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
         with self.lock():
             self.study = optuna.create_study(
@@ -59,13 +60,8 @@ class Worker:
                 sampler=_sampler(spec), pruner=_pruner(spec))
             self.experiment = self.tracker.experiment(spec.name)
             self.parent = self._open_parent()
-        ran = 0
-        while self.max_trials is None or ran < self.max_trials:
-            trial = self._claim()
-            if trial is None:
-                break
+        while (trial := self._claim()) is not None:
             self._run_trial(trial)
-            ran += 1
         self._close_parent()
         return self.study
 
@@ -141,6 +137,7 @@ class Worker:
                     run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
                     checkpoint=checkpoint, parent_run_id=self.parent, hooks=hooks, progress_label=label,
                     reuse_finished=True, on_start=started, robustness=spec.robustness,
+                    precision=self.precision,
                     tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase,
                           "trial": str(trial.number), "cell": cell, "study_file_sha256": spec.file_sha256})
             except optuna.TrialPruned as e:

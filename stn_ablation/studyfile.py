@@ -61,9 +61,11 @@ class StudySpec:
         return "grid" if self.grid else "tune"
 
     def cells(self) -> list[dict[str, Any]]:
-        """Every grid cell as a dict of axis -> value, in file order (variant slowest, seed fastest)."""
+        """The grid cells as dicts of axis -> value, in file order (variant slowest, seed fastest); `--n-trials N`
+        keeps the first N."""
         axes = [a for a in GRID_AXES if a in self.grid]
-        return [dict(zip(axes, values)) for values in itertools.product(*(self.grid[a] for a in axes))]
+        cells = [dict(zip(axes, values)) for values in itertools.product(*(self.grid[a] for a in axes))]
+        return cells[:self.n_trials]
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
         return self.base.with_overrides(**params)

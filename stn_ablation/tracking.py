@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.errors import UsageError
+from stn_ablation.locks import file_lock
 
 KEY_TAG = "stn.key"  # identifies one unit of work (a config, a study cell) across re-runs of the same command
 PARENT_TAG = "mlflow.parentRunId"
@@ -31,7 +32,16 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         self.uri = tracking_uri
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri)
+        try:
+            if tracking_uri.startswith("sqlite:///"):  # a new sqlite store creates its tables: one worker at a time
+                with file_lock(Path(tracking_uri.removeprefix("sqlite:///") + ".lock")):
+                    self.client = MlflowClient(tracking_uri)
+                    self.client.search_experiments(max_results=1)
+            else:
+                self.client = MlflowClient(tracking_uri)
+        except Exception as e:
+            raise TrackingError(f"cannot open MLflow tracking store {tracking_uri} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); pass another --tracking-uri or --home") from None
 
     def check(self) -> None:
         """Fail now, with one line, if the store cannot be reached: not after an hour of training."""

@@ -58,6 +58,8 @@ class TrainResult:
 
 EpochHook = Callable[[EpochStats, nn.Module], None]
 
+DIVERGED_LOSS = 100  # a mean training loss above this many times chance level (ln classes) counts as diverged
+
 
 def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Seed, then build: an STN variant and its twin get the same classifier initialization."""
@@ -93,10 +95,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
-          on_epoch: EpochHook | None = None) -> TrainResult:
+          on_epoch: EpochHook | None = None, precision: str = "auto") -> TrainResult:
     """Train `cfg.variant` on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
-    an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception."""
-    amp = autocast_dtype(device)
+    an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
+    `precision` (see device.autocast_dtype) changes speed, not what is compared."""
+    amp = autocast_dtype(device, precision)
     model = build_model(cfg, data.in_shape, data.num_classes).to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
@@ -122,15 +125,16 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        loss, acc = _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps_per_epoch)
+        loss, acc, seen = _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp,
+                                       steps_per_epoch)
         train_seconds = time.perf_counter() - start
-        if not math.isfinite(loss):
-            return TrainResult(cfg, "diverged", f"diverged at epoch {epoch}: train loss is {loss}", history, model)
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS * math.log(data.num_classes):
+            return TrainResult(cfg, "diverged", f"diverged at epoch {epoch}: train loss is {loss:.4g}", history,
+                               model)
         val_acc = accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size, amp)
         test_acc = accuracy(model, data.test_x, data.test_y, cfg.eval_batch_size, amp)
         lr = next(g["lr"] for g in optimizer.param_groups if g["name"] == "classifier")
-        stats = EpochStats(epoch, loss, acc, val_acc, test_acc, lr, time.perf_counter() - start,
-                           steps_per_epoch * cfg.batch_size / train_seconds)
+        stats = EpochStats(epoch, loss, acc, val_acc, test_acc, lr, time.perf_counter() - start, seen / train_seconds)
         history.append(stats)
         rng = _get_rng(generator)
         if checkpoint:
@@ -144,17 +148,20 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
     return TrainResult(cfg, "finished", "", history, model)
 
 
-def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps) -> tuple[float, float]:
-    """One pass over a fresh permutation. Loss and hits accumulate on the device and are read once at the end."""
+def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps) -> tuple[float, float, int]:
+    """One pass over a fresh permutation: (mean loss, accuracy, images seen). Loss and hits accumulate on the
+    device and are read once at the end."""
     model.train()
     device = data.train_x.device
     order = torch.randperm(len(data.train_y), device=device, generator=generator)
     loss_sum = torch.zeros((), device=device)
     hits = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
     for i in range(steps):
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         x = augment(data.train_x[idx], cfg.aug, generator, flip=data.mirror_symmetric)  # B x C x H x W
         y = data.train_y[idx]
+        seen += len(y)
         with autocast(device, amp):
             logits = model(x)  # B x num_classes
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -165,7 +172,7 @@ def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp,
         scheduler.step()
         loss_sum += loss.detach()
         hits += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / steps, hits.item() / (steps * cfg.batch_size)
+    return loss_sum.item() / steps, hits.item() / seen, seen
 
 
 def _get_rng(generator: torch.Generator) -> dict:

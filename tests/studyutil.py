@@ -1,0 +1,46 @@
+"""Helpers for the study tests: the real study files shrunk to CPU seconds, run in-process or as a CLI worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from stn_ablation.studyfile import STUDIES_DIR
+
+
+def shrunk_study(tmp_path: Path, name: str = "quick", images: int = 100) -> Path:
+    """A copy of a shipped study file whose robustness sweeps use `images` test images."""
+    text = (STUDIES_DIR / f"{name}.toml").read_text()
+    assert "images = 1000" in text, "the quick study's robustness block changed; update this helper"
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text.replace("images = 1000", f"images = {images}"))
+    return path
+
+
+def cli(home: Path, *args: str, wait: bool = True, **env: str):
+    """`stn-ablate ARGS` as a separate process with the state folder `home`."""
+    full_env = {**os.environ, "STN_ABLATE_HOME": str(home), **env}
+    command = [sys.executable, "-m", "stn_ablation.cli", *args]
+    if wait:
+        return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=900)
+    return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def child_runs(home: Path, study: str) -> tuple[list, list]:
+    """(parent runs, child runs) of a study's experiment, through MlflowClient."""
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study)
+    assert experiment is not None, f"no MLflow experiment {study!r}"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("phase") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def steps(home: Path, run_id: str, metric: str = "train_loss") -> list[int]:
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))

@@ -1,0 +1,148 @@
+"""Batch augmentation: pure functions of the batch and a torch.Generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stn_ablation.augment import augment, hflip, random_crop, random_hflip
+from stn_ablation.config import AUGMENTATIONS
+from stn_ablation.errors import ConfigError
+
+RANDOM_KINDS = [kind for kind in AUGMENTATIONS if kind != "none"]
+
+
+def _batch(dtype: torch.dtype, b: int = 6, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        # 1..255 so that no pixel is zero and the zero fill of a shift is unambiguous
+        return torch.randint(1, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
+    return torch.rand(b, c, h, w, generator=g, dtype=dtype) + 0.5
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """`img` (C x H x W) translated by (dy, dx) pixels, uncovered pixels zero: reference implementation."""
+    c, h, w = img.shape
+    out = torch.zeros_like(img)
+    ys, xs = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+    src_ys, src_xs = slice(max(-dy, 0), h + min(-dy, 0)), slice(max(-dx, 0), w + min(-dx, 0))
+    out[:, ys, xs] = img[:, src_ys, src_xs]
+    return out
+
+
+def test_reference_shift_is_a_translation():
+    img = torch.arange(1, 17, dtype=torch.float32).view(1, 4, 4)
+    assert torch.equal(_shifted(img, 0, 0), img)
+    down_right = _shifted(img, 1, 2)
+    assert down_right[0, 1, 2] == img[0, 0, 0] and down_right[0, 3, 3] == img[0, 2, 1]
+    assert (down_right[0, 0] == 0).all() and (down_right[0, :, :2] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("kind", AUGMENTATIONS)
+def test_augment_keeps_shape_and_dtype(dtype, kind):
+    x = _batch(dtype)
+    out = augment(x, kind, _gen(0))
+    assert out.shape == x.shape
+    assert out.dtype == dtype
+    assert out.device == x.device
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_hflip_mirrors_and_twice_restores(dtype):
+    x = _batch(dtype)
+    flipped = hflip(x)
+    assert not torch.equal(flipped, x)
+    assert torch.equal(flipped[..., 0], x[..., -1])
+    assert torch.equal(hflip(flipped), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_random_hflip_flips_each_image_or_not(dtype):
+    x = _batch(dtype, b=32)
+    out = random_hflip(x, _gen(1))
+    flipped = [torch.equal(o, hflip(i)) for o, i in zip(out, x)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 0 < sum(flipped) < len(x)  # some of each among 32 images (fails with probability 2**-31)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_random_crop_is_a_zero_filled_shift_within_pad(dtype):
+    x = _batch(dtype, b=8)
+    out = random_crop(x, 4, _gen(3))
+    assert out.shape == x.shape and out.dtype == dtype
+    shifts = []
+    for img, res in zip(x, out):
+        matches = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5) if torch.equal(res, _shifted(img, dy, dx))]
+        assert len(matches) == 1, f"output is not a unique shift of its input: {matches}"
+        shifts.append(matches[0])
+    assert len(set(shifts)) > 1  # the offsets are drawn per image
+
+
+def test_random_crop_covers_every_shift():
+    """A 1-pixel image probe: each output shows where the pixel went, so all 81 offsets must be reachable."""
+    x = torch.zeros(4000, 1, 9, 9)
+    x[:, 0, 4, 4] = 1
+    out = random_crop(x, 4, _gen(0))
+    where = out.flatten(1).argmax(1)
+    assert (out.flatten(1).sum(1) == 1).all()  # a shift of at most 4 keeps the centre pixel inside
+    assert len(set(where.tolist())) == 81
+
+
+def test_random_crop_matches_padded_window():
+    x = _batch(torch.float32, b=4)
+    g = _gen(7)
+    offsets = torch.randint(0, 9, (2, 4), generator=_gen(7))  # what random_crop draws from the same state
+    out = random_crop(x, 4, g)
+    padded = F.pad(x, (4, 4, 4, 4))
+    for b in range(4):
+        dy, dx = offsets[0, b].item(), offsets[1, b].item()
+        assert torch.equal(out[b], padded[b, :, dy:dy + 32, dx:dx + 32])
+
+
+@pytest.mark.parametrize("kind", RANDOM_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_same_seed_same_batch_different_seed_different(dtype, kind):
+    x = _batch(dtype, b=16)
+    a = augment(x, kind, _gen(42))
+    b = augment(x, kind, _gen(42))
+    c = augment(x, kind, _gen(43))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(x, _batch(dtype, b=16))  # the input is not modified in place
+
+
+@pytest.mark.parametrize("kind", RANDOM_KINDS)
+def test_generator_state_advances(kind):
+    x = _batch(torch.float32, b=16)
+    g = _gen(5)
+    assert not torch.equal(augment(x, kind, g), augment(x, kind, g))
+
+
+def test_none_is_identity():
+    x = _batch(torch.float32)
+    g = _gen(0)
+    state = g.get_state()
+    assert torch.equal(augment(x, "none", g), x)
+    assert torch.equal(g.get_state(), state)  # draws nothing
+
+
+def test_flip_false_never_mirrors():
+    x = _batch(torch.float32, b=64)
+    out = augment(x, "standard", _gen(9), flip=False)
+    for img, res in zip(x, out):
+        assert any(torch.equal(res, _shifted(img, dy, dx)) for dy in range(-4, 5) for dx in range(-4, 5))
+    # with the same generator state and flip=True, some images do come out mirrored
+    mirrored = augment(x, "standard", _gen(9), flip=True)
+    assert any(not torch.equal(m, o) for m, o in zip(mirrored, out))
+
+
+def test_unknown_kind_raises_config_error():
+    with pytest.raises(ConfigError, match="autoaugment"):
+        augment(_batch(torch.float32), "autoaugment", _gen(0))

@@ -1,0 +1,177 @@
+"""`stn-ablate` through `cli.main(argv)` in this process, with the state folder in tmp_path."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from stn_ablation import cli
+from stn_ablation.config import TrainConfig
+from stn_ablation.paths import HOME_ENV, StateHome
+from stn_ablation.registry import create_model, get_variant, list_variants
+
+TRAIN_ARGS = ["train", "--variant", "tutorial_stn", "--epochs", "1", "--subset", "1000", "--device", "cpu"]
+
+
+def _single_error_line(capsys, code: int) -> str:
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("stn-ablate: error: ")
+    return lines[0]
+
+
+# --- list ----------------------------------------------------------------------------------------------------------
+
+def test_list_prints_every_variant_with_its_parameter_count(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().split("\n\n")[0].splitlines()  # the variant table (a study table may follow)
+    assert lines[0].split()[:2] == ["variant", "params"]
+    assert len(lines) == 1 + len(list_variants())
+    for name in {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"} | set(list_variants()):
+        n = sum(p.numel() for p in create_model(name).parameters())
+        row = next(line for line in lines if line.split()[0] == name)
+        assert f"{n:,}" in row.split()
+        assert get_variant(name).description in row
+
+
+# --- train: one tracked run -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """Run `train` once for the whole module: (exit code, stdout, stderr, state home, resolved config)."""
+    root = tmp_path_factory.mktemp("cli-home")
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(root))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([*TRAIN_ARGS, "--data-root", str(data_root)])
+    cfg = TrainConfig().with_overrides(variant="tutorial_stn", epochs=1, subset=1000)
+    return code, out.getvalue(), err.getvalue(), StateHome.resolve(root), cfg
+
+
+@pytest.fixture(scope="module")
+def mlflow_run(trained):
+    home = trained[3]
+    client = MlflowClient(home.tracking_uri)
+    experiment = client.get_experiment_by_name("train")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_train_exits_0_and_prints_one_result_line(trained, mlflow_run):
+    code, out, err, home, cfg = trained
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert "test accuracy" in lines[0] and "finished" in lines[0]
+    assert mlflow_run[1].info.run_id in lines[0]
+    printed = float(re.search(r"test accuracy (\d\.\d+)", lines[0]).group(1))
+    assert printed == pytest.approx(mlflow_run[1].data.metrics["final_test_acc"], abs=5e-5)
+    assert not home.checkpoint(f"train-{cfg.digest()}").exists()  # removed once the run is in MLflow
+
+
+def test_train_run_status_params_and_tags(trained, mlflow_run):
+    cfg = trained[4]
+    _, run = mlflow_run
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {k: str(v) for k, v in cfg.as_dict().items()}
+    assert run.data.params["variant"] == "tutorial_stn" and run.data.params["epochs"] == "1"
+    assert run.data.params["subset"] == "1000"
+    tags = run.data.tags
+    assert tags["variant"] == "tutorial_stn"
+    assert tags["augmentation"] == "none"
+    assert tags["seed"] == "0"
+    assert tags["stn"] == "true" and tags["twin"] == "tutorial_cnn"
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["git_commit"])
+    assert tags["status"] == "finished"
+    assert "md5" in tags["data_provenance"]
+
+
+def test_train_run_metrics(mlflow_run):
+    client, run = mlflow_run
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1]
+    assert 0 < history[0].value < 5
+    for name in ("train_acc", "val_acc", "test_acc", "lr", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1], name
+    final = run.data.metrics["final_test_acc"]
+    assert 0.05 < final < 1
+    assert run.data.metrics["best_epoch"] == 1
+    assert run.data.metrics["n_params"] == sum(p.numel() for p in create_model("tutorial_stn").parameters())
+
+
+def test_train_run_artifacts(trained, mlflow_run, tmp_path):
+    cfg = trained[4]
+    client, run = mlflow_run
+    run_id = run.info.run_id
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "per_class_test_acc.json", "model", "stn"} <= top
+    assert {a.path for a in client.list_artifacts(run_id, "model")} == {"model/state_dict.pt"}
+    assert {a.path for a in client.list_artifacts(run_id, "stn")} == {"stn/epoch_001.png"}
+
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    local = client.download_artifacts(run_id, "", str(folder))
+    assert json.loads(open(f"{local}/config.json").read()) == cfg.as_dict()
+    per_class = json.loads(open(f"{local}/per_class_test_acc.json").read())
+    assert len(per_class) == 10 and "airplane" in per_class
+    assert all(0 <= v <= 1 for v in per_class.values())
+    state = torch.load(f"{local}/model/state_dict.pt", map_location="cpu", weights_only=True)
+    create_model("tutorial_stn").load_state_dict(state)  # complete and loadable without MLflow
+    assert open(f"{local}/stn/epoch_001.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --- bad input: exit code 2 and one line ---------------------------------------------------------------------------
+
+def test_unknown_variant(home, capsys):
+    line = _single_error_line(capsys, cli.main(["train", "--variant", "resnet50", "--epochs", "1"]))
+    assert "resnet50" in line and "tutorial_stn" in line
+
+
+@pytest.mark.parametrize("epochs", ["0", "-3"])
+def test_bad_epochs(home, capsys, epochs):
+    line = _single_error_line(capsys, cli.main([*TRAIN_ARGS[:3], "--epochs", epochs]))
+    assert f"epochs must be at least 1, got {epochs}" in line
+
+
+def test_subset_larger_than_the_training_split(home, capsys, data_root):
+    argv = [*TRAIN_ARGS[:5], "--subset", "10000000", "--device", "cpu", "--data-root", str(data_root)]
+    line = _single_error_line(capsys, cli.main(argv))
+    assert "10000000" in line and "45000" in line
+
+
+def test_data_root_that_does_not_exist(home, capsys, tmp_path, monkeypatch):
+    """The CLI loads with download=True, so a missing root means a download attempt: it is made to fail at
+    once here (no network in tests, and never a 170 MB download into tmp_path)."""
+    attempts = []
+
+    def no_network(request, *args, **kwargs):
+        attempts.append(getattr(request, "full_url", request))
+        raise urllib.error.URLError("network disabled by the test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    missing = tmp_path / "no" / "data"
+    line = _single_error_line(capsys, cli.main([*TRAIN_ARGS, "--data-root", str(missing)]))
+    assert attempts, "expected a download attempt"
+    assert str(missing) in line and "cifar-10-batches-py" in line and "download failed" in line
+
+
+def test_home_that_cannot_be_created(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv(HOME_ENV, raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = _single_error_line(capsys, cli.main([*TRAIN_ARGS, "--home", str(blocker / "home")]))
+    assert str(blocker / "home") in line and "not writable" in line

@@ -1,0 +1,169 @@
+"""Every registered variant, parametrized over the registry itself: a newly registered variant is tested
+without touching this file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stn_ablation import registry
+from stn_ablation.errors import UsageError
+from stn_ablation.registry import UnknownVariantError, create_model, get_variant, list_variants, register_variant
+
+VARIANTS = list_variants()
+STN_VARIANTS = [name for name in VARIANTS if get_variant(name).twin is not None]
+TUTORIAL_VARIANTS = list_variants("tutorial_*")
+
+
+def test_registry_has_the_core_variants():
+    assert {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"} <= set(VARIANTS)
+    assert VARIANTS == sorted(VARIANTS)
+    assert list_variants("loc3_*") == ["loc3_cnn", "loc3_stn"]
+
+
+def _images(shape, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_output_shape_and_finite(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x, _ = _images((3, 32, 32), batch=5)
+    for mode in (model.train, model.eval):
+        mode()
+        out = model(x)
+        assert out.shape == (5, 10)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", TUTORIAL_VARIANTS)
+def test_tutorial_variants_build_for_mnist_shape(name):
+    torch.manual_seed(0)
+    model = create_model(name, in_shape=(1, 28, 28), num_classes=10)
+    x, _ = _images((1, 28, 28), batch=3)
+    out = model(x)
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_one_backward_pass_reaches_every_parameter(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    x, y = _images((3, 32, 32), batch=8)
+    F.cross_entropy(model(x), y).backward()
+
+    stn = getattr(model, "stn", None)
+    final_regressor = {id(p) for p in stn.regressor[-1].parameters()} if stn is not None else set()
+    stn_params = {id(p) for p in stn.parameters()} if stn is not None else set()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+        if id(p) in stn_params and id(p) not in final_regressor:
+            # the regressor's last weight is zero at init, so nothing flows back past it on the first step
+            assert torch.count_nonzero(p.grad) == 0, f"{name}.{pname}: gradient should be zero at init"
+        else:
+            # classifier and the final regressor layer (its weight sees the nonzero hidden activations)
+            assert torch.count_nonzero(p.grad) > 0, f"{name}.{pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", STN_VARIANTS)
+def test_stn_is_identity_at_init(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    assert model.stn is not None
+    x, _ = _images((3, 32, 32), batch=4)
+    theta = model.stn.theta(x)
+    assert torch.allclose(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(4, 2, 3))
+    with torch.no_grad():
+        out = model.stn(x)
+    assert out.shape == x.shape
+    assert (out - x).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", STN_VARIANTS)
+def test_stn_and_twin_share_classifier_initialization(name):
+    twin = get_variant(name).twin
+    assert twin in VARIANTS, f"{name}'s twin {twin!r} is not registered"
+    torch.manual_seed(123)
+    with_stn = create_model(name)
+    torch.manual_seed(123)
+    without = create_model(twin)
+    assert with_stn.stn is not None and without.stn is None
+    a, b = with_stn.classifier.state_dict(), without.classifier.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    # and the seed matters: a different seed gives a different classifier
+    torch.manual_seed(124)
+    other = create_model(twin).classifier.state_dict()
+    assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
+
+
+def test_twins_are_not_stn_variants():
+    for name in STN_VARIANTS:
+        assert get_variant(get_variant(name).twin).twin is None
+
+
+def test_every_variant_has_a_description():
+    for name in VARIANTS:
+        assert get_variant(name).description.strip(), name
+
+
+def test_duplicate_registration_raises(monkeypatch):
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))
+    original = get_variant("tutorial_cnn").factory
+    with pytest.raises(ValueError, match="tutorial_cnn"):
+        register_variant("tutorial_cnn")(lambda **kw: None)
+    assert get_variant("tutorial_cnn").factory is original
+
+    def first(**kwargs):
+        """First."""
+    register_variant("dup_test")(first)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_variant("dup_test")(lambda **kw: None)
+    assert get_variant("dup_test").factory is first
+
+
+def test_unknown_variant_error_lists_the_variants():
+    with pytest.raises(UnknownVariantError) as info:
+        get_variant("no_such_variant")
+    message = str(info.value)
+    assert "no_such_variant" in message
+    for name in VARIANTS:
+        assert name in message
+    assert not message.startswith('"')  # KeyError would quote it
+    assert isinstance(info.value, UsageError) and isinstance(info.value, KeyError)
+    with pytest.raises(UnknownVariantError):
+        create_model("no_such_variant")
+
+
+def test_create_model_drops_none_kwargs(monkeypatch):
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))
+    seen = {}
+
+    @register_variant("spy_test")
+    def spy(**kwargs):
+        """Records its keyword arguments."""
+        seen.update(kwargs)
+        return torch.nn.Identity()
+
+    create_model("spy_test", in_shape=None, num_classes=7, dropout=None)
+    assert seen == {"num_classes": 7}
+
+    model = create_model("tutorial_cnn", in_shape=None, num_classes=None)  # the variant's own defaults
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert create_model("tutorial_cnn", num_classes=7)(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def _n_params(name: str) -> int:
+    return sum(p.numel() for p in create_model(name).parameters())
+
+
+def test_parameter_counts():
+    assert 135_000 <= _n_params("loc3_cnn") <= 145_000
+    for name in STN_VARIANTS:
+        assert _n_params(name) > _n_params(get_variant(name).twin)

@@ -1,0 +1,162 @@
+"""`stn-ablate run`: the quick study end to end, resumption after kill -9, exactly-once cells with two workers on
+PostgreSQL, and the study-file checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from stn_ablation.cli import main
+from stn_ablation.studyfile import StudyFileError, list_studies, load_study
+from tests.studyutil import child_runs, cli, shrunk_study, steps
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
+
+
+def test_every_shipped_study_loads():
+    assert {"baseline_vs_stn", "seed_recipe", "mnist_tutorial", "tune_stn", "quick"} <= set(list_studies())
+    headline = load_study("baseline_vs_stn")
+    assert headline.n_trials == 24 and headline.base.epochs == 50
+    assert {c["variant"] for c in headline.cells()} == {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"}
+    tune = load_study("tune_stn")
+    assert tune.phase == "tune" and tune.n_trials == 30 and tune.metric == "val_acc" and tune.pruner == "median"
+
+
+def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsys):
+    """The README's main job, shrunk: 1 parent + 8 child runs with complete curves; a re-run trains nothing."""
+    home = tmp_path / "home"
+    study = shrunk_study(tmp_path)
+    args = ["run", "--study", str(study), "--home", str(home), "--epochs", "2", "--subset", "512", "--device", "cpu"]
+    assert main(args) == 0
+    assert "8 finished" in capsys.readouterr().out
+
+    parents, children = child_runs(home, "quick")
+    assert len(parents) == 1 and len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.tags["cell"] for r in children) == sorted(
+        f"variant={v}/aug={a}/seed={s}" for v in ("tutorial_stn", "tutorial_cnn") for a in ("none", "standard")
+        for s in (0, 1))
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+        for metric in EPOCH_METRICS:
+            assert steps(home, run.info.run_id, metric) == [1, 2], metric
+        assert run.data.params["epochs"] == "2" and run.data.params["subset"] == "512"
+        for tag in ("study", "variant", "augmentation", "seed", "trial", "phase", "git_commit", "git_dirty",
+                    "study_file_sha256"):
+            assert run.data.tags.get(tag), tag
+        assert 0.1 < run.data.metrics["final_test_acc"] <= 1.0
+        assert {"robust/rotate/45", "robust/scale/0.7", "robust/translate/-6"} <= set(run.data.metrics)
+        if run.data.tags["stn"] == "true":
+            assert "theta/identity_dist_mean" in run.data.metrics
+    assert parents[0].info.status == "FINISHED"
+
+    started = time.perf_counter()
+    assert main(args) == 0
+    assert time.perf_counter() - started < 30
+    assert len(child_runs(home, "quick")[1]) == 8
+
+
+def test_killed_worker_resumes_in_the_same_run(data_root, tmp_path):
+    """kill -9 after a trial's first checkpoint; the same command finishes the study, and the interrupted trial
+    continues from its checkpoint in the same MLflow run with no gap and no duplicate step."""
+    home = tmp_path / "home"
+    study = shrunk_study(tmp_path)
+    args = ["run", "--study", str(study), "--epochs", "3", "--subset", "512", "--device", "cpu", "--n-trials", "2"]
+    worker = cli(home, *args, wait=False)
+    checkpoints = home / "checkpoints"
+    deadline = time.time() + 300
+    while not any(checkpoints.glob("*.pt")) and time.time() < deadline and worker.poll() is None:
+        time.sleep(0.02)
+    assert worker.poll() is None, f"worker ended before its first checkpoint:\n{worker.stdout.read()}"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+    again = cli(home, *args)
+    assert again.returncode == 0, again.stderr
+    assert "lost its worker" in again.stderr
+    parents, children = child_runs(home, "quick")
+    assert len(children) == 2, [r.data.tags["cell"] for r in children]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert steps(home, run.info.run_id) == [1, 2, 3]
+    resumed = [r for r in children if "resumed_from_epoch" in r.data.tags]
+    assert len(resumed) == 1 and int(resumed[0].data.tags["resumed_from_epoch"]) >= 1
+
+
+def test_two_workers_share_a_postgresql_study(data_root, tmp_path):
+    """Two processes on one grid through PostgreSQL: every cell runs exactly once, none is lost."""
+    url = os.environ.get("STN_ABLATE_TEST_PG")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("STN_ABLATE_TEST_PG is not set: .ci/run starts PostgreSQL and sets it", pytrace=False)
+        pytest.skip("set STN_ABLATE_TEST_PG=postgresql://... to run the multi-worker test")
+    home = tmp_path / "home"
+    study = shrunk_study(tmp_path, images=0)
+    spec = load_study(str(study))
+    storage_name = load_study(str(study), epochs=1, subset=256).storage_name
+    try:
+        optuna.delete_study(study_name=storage_name, storage=url)
+    except KeyError:
+        pass
+    args = ["run", "--study", str(study), "--storage", url, "--epochs", "1", "--subset", "256", "--device", "cpu"]
+    workers = [cli(home, *args, wait=False, OMP_NUM_THREADS="1") for _ in range(2)]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+
+    trials = optuna.load_study(study_name=storage_name, storage=url).get_trials()
+    cells = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(cells) == sorted(set(cells)) and len(cells) == len(spec.cells()) == 8
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    owners = {t.user_attrs["owner"] for t in trials}
+    assert len(owners) == 2, "both workers should have run trials"
+    parents, children = child_runs(home, "quick")
+    assert len(parents) == 1 and len(children) == 8
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "x"\ndescription = "d"\n[grid\nvariant = ["tutorial_stn"]\n', "invalid TOML"),
+    ('name = "x"\ndescription = "d"\ncolour = 1\n[grid]\nseed = [0]\n', "colour: unknown key"),
+    ('name = "x"\ndescription = "d"\n[grid]\nvariant = []\n', "grid.variant: must be a non-empty list"),
+    ('name = "x"\ndescription = "d"\n[grid]\nvariant = ["resnet9000"]\n', "unknown variant 'resnet9000'"),
+    ('name = "x"\ndescription = "d"\n[grid]\nseed = [0]\n[train]\nepochs = 0\n', "train: epochs must be at least 1"),
+    ('name = "x"\ndescription = "d"\n[grid]\nseed = [0]\n[train]\nlearning_rate = 0.1\n', "unknown config key"),
+    ('name = "x"\ndescription = "d"\nn_trials = 3\n[search.lr]\ntype = "float"\nlow = 0.5\nhigh = 0.1\n',
+     "bad range"),
+    ('name = "x"\ndescription = "d"\nn_trials = 3\n[search.lr]\ntype = "float"\nlow = 0.0\nhigh = 0.1\nlog = true\n',
+     "log scale needs low > 0"),
+    ('name = "x"\ndescription = "d"\n', "exactly one of [grid]"),
+    ('name = "x"\ndescription = "d"\n[grid]\nseed = [0]\n[robustness]\nimages = -1\n', "robustness"),
+])
+def test_malformed_study_files_fail_with_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(StudyFileError) as error:
+        load_study(str(path))
+    assert message in str(error.value) and str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_invalid_toml_names_the_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\ndescription = "d"\n[grid\n')
+    with pytest.raises(StudyFileError, match=r"line 3"):
+        load_study(str(path))
+
+
+def test_cli_reports_unknown_study_in_one_line(tmp_path, capsys):
+    assert main(["run", "--study", "no_such_study", "--home", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown study 'no_such_study'" in err and "quick" in err
+
+
+def test_run_on_missing_data_fails_before_training(tmp_path, capsys):
+    args = ["run", "--study", "quick", "--home", str(tmp_path / "h"), "--data-root", str(tmp_path / "nodata"),
+            "--epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("cifar10 not found under" in line and "cifar-10-batches-py" in line for line in err)
