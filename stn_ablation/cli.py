@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage: postgresql://... to share a study between machines, "
                                      "sqlite:///FILE, or a .journal file; default: a journal in the state folder")
     p.add_argument("--n-trials", type=int, help="tuning: total trials; grid: only the first N cells")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine, sharing the study; CPU threads are split between them")
 
     p = sub.add_parser("report", parents=[common], help="write a study's report from its MLflow runs")
     p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
@@ -70,7 +73,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Expected failures (bad input, missing data, unreachable store) print one line and exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
+    args.argv = argv
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress line per trial is ours
     logging.basicConfig(level=logging.INFO, format="stn-ablate: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -109,11 +115,29 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     spec = load_study(args.study, epochs=args.epochs, subset=args.subset, n_trials=args.n_trials)
     home = StateHome.resolve(args.home)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        _run_workers(args.argv, args.workers)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     worker = Worker(spec, home, tracker, select_device(args.device), data_root=args.data_root,
                     storage_url=args.storage, precision=args.precision)
     study = worker.run()
     print(summarize(study, spec))
+
+
+def _run_workers(argv: list[str], n: int) -> None:
+    """Start `n` single-worker copies of this command, each with an equal share of the CPU threads, and wait.
+    They coordinate through the study's storage; the caller then prints the summary."""
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 1) // n)
+    single = [*argv, "--workers", "1"]  # argparse keeps the last value
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    workers = [subprocess.Popen([sys.executable, "-m", "stn_ablation.cli", *single], env=env) for _ in range(n)]
+    codes = [w.wait() for w in workers]
+    if any(codes):
+        raise UsageError(f"worker exit codes {codes}; re-run the same command to resume what they left")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -89,6 +89,9 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+SWEEP_KINDS = ("rotate", "scale", "translate")  # the distortions of RobustnessConfig, in report order
+
+
 @dataclass(frozen=True)
 class RobustnessConfig:
     """The distortion sweeps every finished trial is evaluated under: where an STN should matter. The images are
@@ -100,7 +103,7 @@ class RobustnessConfig:
     images: int = 2000  # test images per sweep point; 0 disables the sweeps
 
     def __post_init__(self) -> None:
-        for name in ("rotate", "scale", "translate"):
+        for name in SWEEP_KINDS:
             values = getattr(self, name)
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ConfigError(f"robustness.{name} must be a list of numbers, got {values!r}")

@@ -1,0 +1,374 @@
+"""Tracked runs -> a study's report: `reports/<study>/README.md`, its figures and (optionally) LaTeX or CSV tables.
+
+Reads MLflow only, through the tracker's client: never trains, never opens Optuna. This module loads the runs,
+assembles the document and writes the files; the tables and the sentences that read them live in report_tables.py,
+the pictures in figures.py. Everything is sorted, so the same runs always give the same bytes; the one date in the
+report is the newest run's end time, not the clock. Nothing that did not finish is dropped without a line."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from stn_ablation.errors import UsageError
+from stn_ablation.report_tables import (Table, best_config_table, best_trial_sentence, comparisons, effect_sentence,
+                                        effects_table, issues_table, main_table, robustness_table, theta_sentence,
+                                        theta_table, trials_table)
+from stn_ablation.stats import ALPHA, UNDERPOWERED
+
+REPO = Path(__file__).resolve().parent.parent
+FORMATS = ("md", "latex", "csv")
+GRID_AXES = ("variant", "aug", "seed")
+AUG_ORDER = ("none", "standard", "affine")
+RUNNING = "running/incomplete"  # a child without a status tag: still running, or its process died unannounced
+DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+GENERATED = ("README.md", "tables.tex", "fig_*.png", "stn_*.png", "table_*.csv")  # what a re-run may replace
+
+
+@dataclass(frozen=True)
+class Run:
+    """One child run (one trial), reduced to what the report uses."""
+
+    id: str
+    name: str
+    variant: str
+    aug: str
+    seed: int
+    trial: int
+    status: str  # finished | diverged | pruned | failed | RUNNING
+    reason: str
+    start: int  # ms since the epoch
+    end: int | None
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # each metric's latest value
+    history: dict[str, dict[int, float]]  # val_acc / test_acc -> epoch -> value
+
+    @property
+    def short(self) -> str:
+        return self.id[:8]
+
+    @property
+    def stn(self) -> bool:
+        return self.tags.get("stn") == "true"
+
+
+@dataclass
+class Study:
+    """The newest version of a study: its parent run, the child runs under it, and which of them count."""
+
+    name: str
+    experiment_id: str
+    parent_id: str
+    parent_tags: dict[str, str]
+    parent_params: dict[str, str]
+    parent_end: int | None
+    runs: list[Run]  # every child, sorted by variant, augmentation, seed, trial
+    older: list[tuple[str, str]]  # (run id, study digest) of older versions' parent runs
+    variants: list[str]  # the study file's order, then any other seen, sorted
+    augs: list[str]
+    grid: dict[str, list[str]]  # axis -> values, from the parent's grid.* params
+    phase: str  # "grid" or "tune"
+    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (variant, aug) -> finished runs
+    superseded: list[Run] = field(default_factory=list)  # finished runs of a grid cell that has a newer one
+
+    def cells(self) -> list[tuple[tuple[str, str], list[Run]]]:
+        """((variant, aug), finished runs by seed) for every cell with at least one, in report order."""
+        return [((v, a), self.counted[(v, a)]) for v in self.variants for a in self.augs if (v, a) in self.counted]
+
+    def expected_cells(self) -> list[tuple[str, str, int]]:
+        """Every (variant, aug, seed) the grid asks for; an axis not in the grid takes the base config's value."""
+        axes = [self.grid.get(a) or [self.parent_params.get(f"base.{a}", "?")] for a in GRID_AXES]
+        return [(v, a, _int(s)) for v in axes[0] for a in axes[1] for s in axes[2]]
+
+
+# -- reading MLflow ------------------------------------------------------------------------------------------------
+
+def load_study(tracker, name: str) -> Study:
+    """The newest parent run of study `name` and its children; UsageError when the study was never run."""
+    client = tracker.client
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        raise UsageError(f"no runs of study {name!r} in {tracker.uri}; run `stn-ablate run --study {name}` first")
+    parents = sorted(_search(client, experiment.experiment_id, "tags.phase = 'study'"),
+                     key=lambda r: (r.info.start_time, r.info.run_id), reverse=True)
+    if not parents:
+        raise UsageError(f"experiment {name!r} holds no study run; run `stn-ablate run --study {name}` first")
+    parent = parents[0]
+    params = dict(parent.data.params)
+    grid = {a: params[f"grid.{a}"].split(",") for a in GRID_AXES if f"grid.{a}" in params}
+    runs = [_run(client, r) for r in
+            _search(client, experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
+    variants = _ordered({r.variant for r in runs}, grid.get("variant", []))
+    augs = _ordered({r.aug for r in runs}, grid.get("aug", []) + list(AUG_ORDER))
+    runs.sort(key=lambda r: (variants.index(r.variant), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
+    tuning = any(r.tags.get("phase") == "tune" for r in runs) or not grid
+    older = [(p.info.run_id, p.data.tags.get("study_digest", "?")) for p in parents[1:]]
+    study = Study(name, experiment.experiment_id, parent.info.run_id, dict(parent.data.tags), params,
+                  parent.info.end_time, runs, older, variants, augs, grid, "tune" if tuning else "grid")
+    for run in runs:
+        if run.status != "finished" or "final_test_acc" not in run.metrics:
+            continue
+        cell = study.counted.setdefault((run.variant, run.aug), [])
+        same = next((r for r in cell if r.seed == run.seed), None) if not tuning else None
+        if same is None:
+            cell.append(run)
+        else:  # two finished runs of one grid cell: the newer counts, the other is listed
+            keep, drop = (run, same) if (run.start, run.id) > (same.start, same.id) else (same, run)
+            cell[cell.index(same)] = keep
+            study.superseded.append(drop)
+    return study
+
+
+def _search(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _run(client, r) -> Run:
+    tags, params = dict(r.data.tags), dict(r.data.params)
+    history = {}
+    for key in ("val_acc", "test_acc"):
+        points = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        if points:
+            history[key] = {m.step: m.value for m in points}
+    return Run(r.info.run_id, r.info.run_name or "", tags.get("variant", params.get("variant", "?")),
+               tags.get("augmentation", params.get("aug", "?")), _int(tags.get("seed", params.get("seed"))),
+               _int(tags.get("trial")), tags.get("status", RUNNING), tags.get("status_reason", ""),
+               r.info.start_time or 0, r.info.end_time, tags, params, dict(r.data.metrics), history)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:
+    """`preferred` (the study file's order) first, then anything else seen, sorted."""
+    return list(dict.fromkeys(preferred)) + sorted(seen - set(preferred))
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+
+def write_report(tracker, study: str, out: Path | None, fmt: str) -> Path:
+    """Write the report of `study` into `out` (default reports/<study>), log it to the study's parent run under
+    `report/`, and return the README's path. `fmt`: md (README only), latex (+ tables.tex), csv (+ a CSV per
+    table)."""
+    from stn_ablation import figures
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    loaded = load_study(tracker, study)
+    out = Path(out) if out is not None else REPO / "reports" / study
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create report folder {out} ({e.strerror or e}); pass --out DIR") from None
+    for pattern in GENERATED:  # an earlier report's files, which this one may not write again
+        for old in out.glob(pattern):
+            old.unlink()
+    pictures = {**figures.copy_stn_grids(tracker.client, loaded, out), **figures.draw(loaded, out)}
+    text, tables = render(loaded, fmt, pictures)
+    written = [out / "README.md", *(out / name for name in pictures)]
+    written[0].write_text(text, encoding="utf-8")
+    if fmt == "latex":
+        written.append(out / "tables.tex")
+        written[-1].write_text("\n".join(_latex(t) for t in tables), encoding="utf-8")
+    elif fmt == "csv":
+        for table in tables:
+            written.append(out / f"{table.name}.csv")
+            _csv(table, written[-1])
+    for path in sorted(written):
+        tracker.client.log_artifact(loaded.parent_id, str(path), "report")
+    return written[0]
+
+
+def render(study: Study, fmt: str, pictures: dict[str, str]) -> tuple[str, list[Table]]:
+    """The README's markdown and the tables in it. `pictures`: {file name: caption} of the files beside it."""
+    tables: list[Table] = []
+    md = _header(study, fmt)
+
+    def add(table: Table | None, note: str = "") -> None:
+        if table is not None:
+            tables.append(table)
+            md.extend([f"**{table.title}.**" + (f" {note}" if note else ""), "", _markdown(table), ""])
+
+    def show(prefix: str) -> None:
+        md.extend(f"![{caption}]({name})\n\n*{caption}*\n" for name, caption in pictures.items()
+                  if name.startswith(prefix))
+
+    md += ["## What a spatial transformer does", "", EXPLAINER, ""]
+    if not any(runs[0].stn for _, runs in study.cells()):
+        md += ["No variant of this study with finished runs has a spatial transformer.", ""]
+    elif (theta := theta_table(study)) is None:
+        md += ["These runs logged no transform statistics (`theta/*` metrics); the pictures below show what the "
+               "transformers learned.", ""]
+    else:
+        add(theta, "tx and ty are in normalized units (1.0 = half the image width); ‖θ−I‖ is the distance "
+                   "from the identity transform.")
+        md += [f"- {theta_sentence(row, _dataset(study))}" for row in theta.data] + [""]
+    show("stn_")
+    if study.phase == "tune":
+        _tuning(study, md, add)
+        show("fig_trials")
+    else:
+        _grid(study, md, add, show)
+    md += ["## Runs", "", "Every child run of this study version, with its full MLflow run id.", "",
+           _markdown(Table("", "", ["run", "run id", "name", "trial", "status"],
+                           [[r.short, r.id, r.name, str(r.trial), r.status] for r in study.runs], [])), ""]
+    return "\n".join(md).rstrip() + "\n", tables
+
+
+EXPLAINER = (
+    "A spatial transformer (Jaderberg et al., 2015) is a small differentiable module in front of the classifier. Its "
+    "*localization network* looks at the image and regresses six numbers, an affine matrix θ; the *grid generator* "
+    "turns θ into a sampling grid (for every output pixel, where to read in the input: θ maps output to input "
+    "coordinates on [-1, 1]); the *sampler* reads the input there by bilinear interpolation. All three are "
+    "differentiable, so the localization net learns from the classification loss alone, with no label saying where "
+    "to look. If that helps, it learns to zoom, rotate or shift the object into a canonical view; if not, θ stays "
+    "near the identity. A scale below 1 means the transformer zooms in. Here is what this study's transformers did.")
+
+
+def _grid(study: Study, md: list[str], add: Callable, show: Callable) -> None:
+    md += ["## Final test accuracy", ""]
+    if study.counted:
+        add(main_table(study), "Test accuracy after the last epoch; best epoch is by validation accuracy.")
+        show("fig_final")
+        show("fig_curves")
+    else:
+        md += ["No run has finished yet.", ""]
+    issues = issues_table(study)
+    md += ["## Runs not counted", ""]
+    if issues.rows:
+        add(issues, "Missing cells, and runs that failed, diverged, were pruned or are still running.")
+    else:
+        md += [f"All {len(study.expected_cells())} expected grid cells finished; none failed, diverged or was "
+               "pruned.", ""]
+    found = comparisons(study)
+    md += ["## Ablation effects", ""]
+    if found:
+        add(effects_table(found), f"Significant: Holm-corrected p < {ALPHA}. Underpowered: fewer than "
+                                  f"{UNDERPOWERED} paired seeds.")
+        md += [f"- {effect_sentence(c)}" for c in found] + [""]
+    else:
+        md += ["No two cells to compare (an STN and its twin, or an augmentation and none, with finished runs).", ""]
+    md += ["## Robustness", ""]
+    robust = robustness_table(study)
+    if robust is None:
+        md += ["These runs logged no robustness sweeps (`robust/*` metrics).", ""]
+    else:
+        add(robust, "Each sweep distorts the same test images for every model; the figure shows every point.")
+        show("fig_robustness")
+
+
+def _tuning(study: Study, md: list[str], add: Callable) -> None:
+    md += ["## Trials", "", "A tuning study compares configurations, not seeds: no per-cell means or tests are "
+           "computed. The parameter columns are those that differ from the study's base config.", ""]
+    add(trials_table(study))
+    finished = [r for r in study.runs if r.status == "finished" and "best_val_acc" in r.metrics]
+    md += ["## Best trial", ""]
+    if not finished:
+        md += ["No trial has finished yet.", ""]
+        return
+    best = min(finished, key=lambda r: (-r.metrics["best_val_acc"], r.trial, r.id))
+    md += [best_trial_sentence(best, len(finished)), ""]
+    add(best_config_table(best))
+
+
+def _header(study: Study, fmt: str) -> list[str]:
+    tags, runs = study.parent_tags, study.runs
+    everything = [tags] + [r.tags for r in runs]
+    command = f"stn-ablate run --study {study.name} && stn-ablate report --study {study.name}"
+    command += f" --format {fmt}" if fmt != "md" else ""
+    ends = [e for e in [study.parent_end] + [r.end for r in runs] if e]
+    date = (datetime.fromtimestamp(max(ends) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            + " (end of the newest run)") if ends else "no run has ended yet"
+    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official"} if runs else set())
+    dataset = DATASET_NAMES.get(_dataset(study), _dataset(study))
+    data_line = (f"**not the official {dataset} release** ({'; '.join(unofficial)}): accuracies may not compare with "
+                 "published ones" if unofficial else f"the official {dataset} release (md5-checked)" if runs else "—")
+    shape = (" x ".join(f"{len(study.grid[a])} {a}{'s' * (len(study.grid[a]) != 1)}" for a in study.grid)
+             + f" = {len(study.expected_cells())} grid cells") if study.phase == "grid" else \
+        f"tuning, {study.parent_params.get('n_trials', '?')} trials, sampler {study.parent_params.get('sampler', '?')}"
+    commits = _counter((t.get("git_commit", "unknown"), t.get("git_dirty", "unknown")) for t in everything)
+    git = [f"`{c}`{' with **uncommitted changes**' if d == 'true' else ''} ({_runs(n)})" for (c, d), n in commits]
+    devices = _counter(r.tags.get("device", "?") for r in runs)
+    rows = [["study", f"{study.name}, version {tags.get('study_digest', '?')}: {shape}"],
+            ["runs", ", ".join(f"{n} {s}" for s, n in _counter(r.status for r in runs)) or "none yet"],
+            ["code", "; ".join(git)],
+            ["study file sha256", "; ".join(f"`{h}` ({_runs(n)})" for h, n in
+                                            _counter(t.get("study_file_sha256", "unknown") for t in everything))],
+            ["device", ", ".join(f"{d} ({_runs(n)})" for d, n in devices) or "—"],
+            ["data", data_line],
+            ["base config", ", ".join(f"{k[5:]}={v}" for k, v in sorted(study.parent_params.items())
+                                      if k.startswith("base.")) or "—"],
+            ["date", date]]
+    md = [f"# Study `{study.name}`", "", tags.get("mlflow.note.content", "").strip(), "",
+          "Regenerate this report with:", "", "```", command, "```", "",
+          f"Every number below was read from MLflow runs in experiment `{study.name}` (id {study.experiment_id}), "
+          f"parent run `{study.parent_id}`. Tables cite run ids shortened to 8 characters; the last section lists "
+          "them in full.", "", _markdown(Table("", "", ["", ""], rows, [])), ""]
+    if study.older:
+        md += [f"Older versions of this study (its file or overrides changed) exist in the same experiment and are "
+               f"not reported: parent runs {', '.join(f'`{i[:8]}` (version {d})' for i, d in study.older)}.", ""]
+    return md
+
+
+def _dataset(study: Study) -> str:
+    return study.parent_params.get("base.dataset") or next((r.tags.get("dataset") for r in study.runs), "cifar10")
+
+
+# -- formatting ----------------------------------------------------------------------------------------------------
+
+def _markdown(table: Table) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|")
+    return "\n".join(["| " + " | ".join(map(cell, table.headers)) + " |", "|" + "---|" * len(table.headers)]
+                     + ["| " + " | ".join(map(cell, row)) + " |" for row in table.rows])
+
+
+LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+         "±": r"\ensuremath{\pm}", "−": r"\ensuremath{-}", "–": "--", "—": "---", "°": r"\ensuremath{^\circ}",
+         "θ": r"\ensuremath{\theta}", "‖": r"\ensuremath{\|}", "…": r"\ldots{}"}  # character -> LaTeX
+
+
+def _latex(table: Table) -> str:
+    def tex(s: str) -> str:
+        return "".join(LATEX.get(ch, ch) for ch in str(s))
+
+    return "\n".join([r"% needs \usepackage{booktabs}", r"\begin{table}[ht]", r"\centering\small",
+                      f"\\caption{{{tex(table.title)}}}",
+                      f"\\begin{{tabular}}{{{'l' * len(table.headers)}}}", r"\toprule",
+                      " & ".join(map(tex, table.headers)) + r" \\", r"\midrule",
+                      *(" & ".join(map(tex, row)) + r" \\" for row in table.rows),
+                      r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def _csv(table: Table, path: Path) -> None:
+    keys = list(dict.fromkeys(k for row in table.data for k in row))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in table.data)
+
+
+def _counter(values) -> list[tuple[Any, int]]:
+    """(value, count), most frequent first, ties by value: a stable order for header lines."""
+    counts: dict[Any, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + "s" * (n != 1)

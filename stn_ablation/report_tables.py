@@ -1,0 +1,305 @@
+"""The report's tables and the sentences that say what their numbers mean, computed from a loaded study.
+
+Kept apart from report.py, which reads MLflow and writes files, so the statistics a reader acts on can be read
+and tested on their own. Each builder returns a `Table` holding both the strings shown and the raw numbers (for
+CSV and tests); every row cites the runs it was computed from. Intervals and tests come from stats.py; nothing
+here touches MLflow, the clock or the file system, so the same study always gives the same text."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stn_ablation.config import SWEEP_KINDS
+from stn_ablation.stats import ALPHA, LEVEL, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci, paired_t
+
+if TYPE_CHECKING:
+    from stn_ablation.report import Run, Study
+
+AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rotate/zoom/shift+flip"}
+THETA = (("scale", "scale"), ("rotation_deg", "rotation (°)"), ("shear", "shear"), ("tx", "tx"), ("ty", "ty"),
+         ("identity_dist", "‖θ−I‖"))
+IMAGE_SIZE = {"cifar10": 32, "mnist": 28}  # pixels per side: turns normalized translations into pixels
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as shown (`headers`, `rows` of strings) and its raw numbers (`data`, one dict per row: CSV, tests)."""
+
+    name: str  # file stem of its CSV
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    data: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment cell `a` minus control cell `b` (each (variant, aug)) on final test accuracy, paired by seed."""
+
+    label: str
+    setting: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+    seeds: list[int]
+    test: PairedTest
+    holm_p: float | None = None
+
+
+# -- tables --------------------------------------------------------------------------------------------------------
+
+def main_table(study: Study) -> Table:
+    """Per variant x augmentation: finished seeds, test accuracy with its interval, cost, and the runs used."""
+    rows, data = [], []
+    for (variant, aug), runs in study.cells():
+        acc = mean_ci([r.metrics["final_test_acc"] for r in runs])
+        best, seconds, speed = (_mean(runs, k) for k in ("best_epoch", "train_seconds", "mean_images_per_s"))
+        n_params = sorted({int(r.metrics["n_params"]) for r in runs if "n_params" in r.metrics})
+        rows.append([variant, aug, str(acc.n), _pct(acc.mean), _ci(acc), _num(best, ".1f"),
+                     "/".join(f"{n:,}" for n in n_params) or "—", _duration(seconds), _num(speed, ",.0f"),
+                     ", ".join(f"s{r.seed} {r.short}" for r in runs)])
+        data.append({"variant": variant, "aug": aug, "n": acc.n, "test_acc_mean": acc.mean, "test_acc_sd": acc.sd,
+                     "test_acc_ci_half_width": acc.half_width, "best_epoch_mean": best,
+                     "n_params": n_params[0] if len(n_params) == 1 else None, "train_seconds_mean": seconds,
+                     "images_per_s_mean": speed, "seeds": " ".join(str(r.seed) for r in runs),
+                     "run_ids": " ".join(r.id for r in runs)})
+    return Table("table_main", f"Final test accuracy per variant and augmentation (mean over seeds, {LEVEL:.0%} "
+                 "Student-t CI in points)", ["variant", "aug", "n", "test acc", f"{LEVEL:.0%} CI", "best epoch",
+                                             "params", "train time", "images/s", "runs (seed id)"], rows, data)
+
+
+def issues_table(study: Study) -> Table:
+    """Every expected grid cell without any run, every run that did not finish, every superseded duplicate."""
+    present = {(r.variant, r.aug, r.seed) for r in study.runs}
+    entries = [(c, "missing", "no run in MLflow for this grid cell", "") for c in study.expected_cells()
+               if c not in present]
+    entries += [((r.variant, r.aug, r.seed), r.status, r.reason, r.id) for r in study.runs
+                if r.status != "finished" or "final_test_acc" not in r.metrics]
+    entries = [(c, "finished without final_test_acc", "", i) if s == "finished" else (c, s, why, i)
+               for c, s, why, i in entries]
+    entries += [((r.variant, r.aug, r.seed), "superseded", "a newer finished run of this cell is counted", r.id)
+                for r in study.superseded]
+    order = {v: i for i, v in enumerate(study.variants)}, {a: i for i, a in enumerate(study.augs)}
+    entries.sort(key=lambda e: (order[0].get(e[0][0], -1), order[1].get(e[0][1], -1), e[0][2], e[1], e[3]))
+    rows = [[v, a, str(s), status, _oneline(why), rid[:8] or "—"] for (v, a, s), status, why, rid in entries]
+    data = [{"variant": v, "aug": a, "seed": s, "status": status, "reason": why, "run_id": rid}
+            for (v, a, s), status, why, rid in entries]
+    return Table("table_not_counted", "Grid cells and runs not counted above",
+                 ["variant", "aug", "seed", "status", "reason", "run"], rows, data)
+
+
+def comparisons(study: Study) -> list[Comparison]:
+    """Each STN vs its no-STN twin (same augmentation), then each augmentation vs none (same variant), paired by
+    seed, with Holm's correction across all of them."""
+    cells = dict(study.cells())
+    found: list[Comparison] = []
+
+    def pair(label: str, setting: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+        if a in cells and b in cells:
+            acc_a, acc_b = ({r.seed: r.metrics["final_test_acc"] for r in cells[c]} for c in (a, b))
+            seeds = sorted(set(acc_a) & set(acc_b))
+            found.append(Comparison(label, setting, a, b, seeds,
+                                    paired_t([acc_a[s] for s in seeds], [acc_b[s] for s in seeds])))
+
+    for variant in study.variants:
+        twin = next((r.tags.get("twin") for r in study.runs if r.variant == variant and r.stn), None)
+        for aug in study.augs if twin else ():
+            pair(f"{variant} − {twin}", f"aug {aug}", (variant, aug), (twin, aug))
+    for variant in study.variants:
+        for aug in study.augs:
+            if aug != "none":
+                pair(f"{aug} − none", variant, (variant, aug), (variant, "none"))
+    adjusted = holm([c.test.p_value for c in found])
+    return [Comparison(c.label, c.setting, c.a, c.b, c.seeds, c.test, p) for c, p in zip(found, adjusted)]
+
+
+def effects_table(found: list[Comparison]) -> Table:
+    """One row per comparison: the paired difference, its interval, raw and Holm p, and a verdict."""
+    rows, data = [], []
+    for c in found:
+        d = c.test.diff
+        rows.append([c.label, c.setting, str(c.test.n), _num(_x100(d.mean), "+.2f"),
+                     "—" if d.half_width is None else f"{100 * d.low:+.2f} to {100 * d.high:+.2f}",
+                     _p(c.test.p_value), _p(c.holm_p), _verdict(c)])
+        data.append({"comparison": c.label, "setting": c.setting, "n": c.test.n, "seeds": " ".join(map(str, c.seeds)),
+                     "diff_mean": d.mean, "diff_ci_half_width": d.half_width, "p_value": c.test.p_value,
+                     "holm_p_value": c.holm_p})
+    return Table("table_effects", "Ablation effects on final test accuracy (percentage points, paired by seed; "
+                 f"Holm-corrected across the {sum(c.test.tested for c in found)} tests of this report)",
+                 ["comparison", "same", "n", "difference", f"{LEVEL:.0%} CI", "p", "Holm p", "verdict"], rows, data)
+
+
+def theta_table(study: Study) -> Table | None:
+    """Per STN variant x augmentation: the learned transform's parts, mean and sd over runs of per-run means."""
+    rows, data = [], []
+    for (variant, aug), runs in study.cells():
+        runs = [r for r in runs if all(f"theta/{k}_mean" in r.metrics for k, _ in THETA)]
+        if runs:
+            est = {k: mean_ci([r.metrics[f"theta/{k}_mean"] for r in runs]) for k, _ in THETA}
+            rows.append([variant, aug, str(len(runs))] + [_sd(est[k]) for k, _ in THETA]
+                        + [", ".join(r.short for r in runs)])
+            data.append({"variant": variant, "aug": aug, "n": len(runs),
+                         **{f"{k}_{s}": getattr(est[k], s) for k, _ in THETA
+                            for s in ("mean", "sd")}, "run_ids": " ".join(r.id for r in runs)})
+    if not rows:
+        return None
+    return Table("table_theta", "Learned affine transforms on the test set (mean ± sd over runs of each run's mean)",
+                 ["variant", "aug", "n"] + [label for _, label in THETA] + ["runs"], rows, data)
+
+
+def robustness_table(study: Study) -> Table | None:
+    """Mean test accuracy over each distortion sweep, per variant x augmentation."""
+    rows, data = [], []
+    for (variant, aug), runs in study.cells():
+        runs = [r for r in runs if any(f"robust/{k}/mean" in r.metrics for k in SWEEP_KINDS)]
+        if runs:
+            est = {k: mean_ci([r.metrics[f"robust/{k}/mean"] for r in runs if f"robust/{k}/mean" in r.metrics])
+                   for k in SWEEP_KINDS}
+            rows.append([variant, aug, str(len(runs))] + [f"{_pct(est[k].mean)} {_ci(est[k])}" for k in SWEEP_KINDS]
+                        + [", ".join(r.short for r in runs)])
+            data.append({"variant": variant, "aug": aug, "n": len(runs), **{f"{k}_mean": est[k].mean for k in SWEEP_KINDS},
+                         **{f"{k}_ci_half_width": est[k].half_width for k in SWEEP_KINDS},
+                         "run_ids": " ".join(r.id for r in runs)})
+    return Table("table_robustness", f"Mean test accuracy over each distortion sweep ({LEVEL:.0%} Student-t CI in "
+                 "points over seeds)", ["variant", "aug", "n"] + [f"{k} sweep" for k in SWEEP_KINDS] + ["runs"], rows,
+                 data) if rows else None
+
+
+def trials_table(study: Study) -> Table:
+    """A tuning study's trials, best validation accuracy first, with the parameters that were searched."""
+    searched = sorted({k for r in study.runs for k, v in r.params.items() if study.parent_params.get(f"base.{k}") != v})
+    ranked = sorted(study.runs, key=lambda r: (-(_best_val(r) or -math.inf), r.trial, r.id))
+    rows = [[str(r.trial), r.status, _pct(_best_val(r)), _pct(r.metrics.get("final_test_acc")),
+             _num(r.metrics.get("best_epoch"), ".0f"), str(max(r.history.get("val_acc", {}), default="—"))]
+            + [_param(r.params.get(k)) for k in searched] + [r.short] for r in ranked]
+    data = [{"trial": r.trial, "status": r.status, "best_val_acc": _best_val(r),
+             "final_test_acc": r.metrics.get("final_test_acc"), **{k: r.params.get(k) for k in searched},
+             "run_id": r.id} for r in ranked]
+    return Table("table_trials", "Trials, best validation accuracy first (a trial that did not finish: the best "
+                 "epoch it reached)", ["trial", "status", "best val acc", "test acc", "best epoch", "epochs run"]
+                 + searched + ["run"], rows, data)
+
+
+def best_config_table(best: Run) -> Table:
+    """A tuning study's best trial's parameters, to copy into a grid study that confirms them with fresh seeds."""
+    return Table("table_best_config", "Best trial's config", ["field", "value"],
+                 [[k, v] for k, v in sorted(best.params.items())], [dict(sorted(best.params.items()))])
+
+
+def _best_val(run: Run) -> float | None:
+    return run.metrics.get("best_val_acc", max(run.history.get("val_acc", {}).values(), default=None))
+
+
+def _mean(runs: list[Run], key: str) -> float | None:
+    values = [r.metrics[key] for r in runs if key in r.metrics]
+    return math.fsum(values) / len(values) if values else None
+
+
+# -- words ---------------------------------------------------------------------------------------------------------
+
+def _verdict(c: Comparison) -> str:
+    if not c.test.tested:
+        return "no test (n < 2)" if c.test.n < 2 else "no test (no spread)"
+    return ("significant" if c.holm_p < ALPHA else "not significant") + (", underpowered" * c.test.underpowered)
+
+
+def effect_sentence(c: Comparison) -> str:
+    """What a reader can do with one comparison, in words."""
+    d, n = c.test.diff, c.test.n
+    same_aug = c.a[1] == c.b[1]
+    a, b = (c.a[0], c.b[0]) if same_aug else (AUG_WORDS.get(c.a[1], c.a[1]), AUG_WORDS["none"])
+    where = f"with {AUG_WORDS.get(c.a[1], c.a[1])}" if same_aug else f"for {c.a[0]}"
+    head = f"**{a} vs {b}, {where}** ({n} paired seed{'s' * (n != 1)})"
+    if not c.test.tested:
+        why = "no test is possible" if n < 2 else "every seed gives the same difference: there is no spread to test"
+        return f"{head}: {why}; run at least {UNDERPOWERED} seeds per cell before drawing any conclusion."
+    effect = (f"{100 * d.mean:+.2f} points ({LEVEL:.0%} CI {100 * d.low:+.2f} to {100 * d.high:+.2f}, "
+              f"Holm p = {_p(c.holm_p)})")
+    if c.holm_p < ALPHA:
+        better = d.mean > 0
+        text = f"{a} minus {b} is {effect}: {'prefer ' + a if better else b + ' is the better choice'} here"
+        if c.test.underpowered:
+            text += (f"; but with {n} seeds (fewer than {UNDERPOWERED}) the test is underpowered: confirm with more "
+                     "seeds before relying on it")
+    else:
+        text = (f"{a} minus {b} is {effect}, not distinguishable from seed-to-seed noise; differences up to "
+                f"{100 * max(abs(d.low), abs(d.high)):.1f} points either way are not ruled out")
+        if c.test.underpowered:
+            text += (f". With {n} seeds (fewer than {UNDERPOWERED}) the test is underpowered: add seeds before "
+                     "concluding")
+    return f"{head}: {text}."
+
+
+def theta_sentence(row: dict[str, Any], dataset: str) -> str:
+    """What one row of the transform table means, in words."""
+    half = IMAGE_SIZE.get(dataset, 32) / 2
+    s, rot, dist = row["scale_mean"], row["rotation_deg_mean"], row["identity_dist_mean"]
+    zoom = (f"zooms in (scale {s:.2f}: it looks at about the central {s:.0%} of the image's width)" if s < 0.97 else
+            f"zooms out (scale {s:.2f}: it also sees the zero padding beyond the borders)" if s > 1.03 else
+            f"keeps the scale ({s:.2f})")
+    turn = f"rotates by {rot:+.1f}°" if abs(rot) >= 3 else f"hardly rotates ({rot:+.1f}°)"
+    shift = f"shifts its view by ({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)"
+    close = " It stays close to the identity: the transformer barely transforms." if dist < 0.05 else ""
+    return (f"**{row['variant']}, {AUG_WORDS.get(row['aug'], row['aug'])}**: on average the transformer {zoom}, "
+            f"{turn} and {shift}; distance from the identity {dist:.3f}.{close}")
+
+
+def best_trial_sentence(best: Run, finished: int) -> str:
+    """What a tuning study's best trial (of `finished` finished trials) shows, and why its test accuracy is not yet
+    an estimate."""
+    return (f"Trial {best.trial} (run `{best.id}`) reached the best validation accuracy, "
+            f"{_pct(best.metrics['best_val_acc'])} at epoch {_num(best.metrics.get('best_epoch'), '.0f')}, of "
+            f"{finished} finished trials. Its test accuracy, {_pct(best.metrics.get('final_test_acc'))}, is "
+            f"optimistic because it was picked as the best of {finished}: it is an estimate only after this "
+            "config is confirmed with fresh seeds (put the values below in a grid study's `[train]` table with, "
+            "e.g., `seed = [1, 2, 3, 4, 5]`).")
+
+
+# -- formatting numbers --------------------------------------------------------------------------------------------
+
+def _oneline(text: str, limit: int = 160) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _x100(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None or math.isnan(x) else f"{100 * x:.2f}%"
+
+
+def _ci(e: Estimate) -> str:
+    if e.half_width is None:
+        return f"n={e.n}, no CI"
+    return f"±{100 * e.half_width:.2f} ({100 * e.low:.2f}–{100 * e.high:.2f})"
+
+
+def _sd(e: Estimate) -> str:
+    return f"{e.mean:.3f}" if e.sd is None else f"{e.mean:.3f} ± {e.sd:.3f}"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def _param(value: str | None) -> str:
+    """A searched value, floats to 4 significant digits."""
+    try:
+        return format(float(value), ".4g") if value and "." in value else value or "—"
+    except ValueError:
+        return value
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

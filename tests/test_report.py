@@ -1,0 +1,272 @@
+"""The report on fabricated MLflow runs with known numbers: tables against hand computations, nothing dropped,
+valid figures, byte-identical output, and the errors a user meets.
+
+One sqlite store per module (creating it takes seconds) holds three studies:
+- "fab": grid tutorial_stn/tutorial_cnn x none/standard x seeds 0-3; seeds 0-2 finished everywhere, and on seed 3
+  one failed, one diverged, one still running and one missing cell; plus an older study version that must be
+  ignored.
+- "solo": one seed per cell, so no interval and no test.
+- "tunefab": a tuning study of four trials.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from mlflow.entities import Metric, Param
+from scipy import stats as sps
+
+from stn_ablation import report
+from stn_ablation.config import TrainConfig
+from stn_ablation.errors import UsageError
+from stn_ablation.tracking import Tracker
+
+PNG = b"\x89PNG\r\n\x1a\n"
+ACC = {  # final test accuracy of the finished seeds 0, 1, 2
+    ("tutorial_stn", "none"): [0.60, 0.62, 0.65],
+    ("tutorial_cnn", "none"): [0.58, 0.59, 0.63],
+    ("tutorial_stn", "standard"): [0.70, 0.69, 0.74],
+    ("tutorial_cnn", "standard"): [0.66, 0.68, 0.69],
+}
+SEED3 = {("tutorial_stn", "none"): "failed", ("tutorial_cnn", "none"): "diverged",
+         ("tutorial_cnn", "standard"): None}  # None: still running; tutorial_stn/standard/3 has no run at all
+TWIN = {"tutorial_stn": "tutorial_cnn"}
+
+
+def _parent(tracker: Tracker, study: str, grid: dict[str, str], base: TrainConfig, *, n_trials: int,
+            start_time: int | None = None) -> str:
+    tags = {"phase": "study", "study": study, "study_digest": f"{study}-d", "optuna_study": f"{study}-d",
+            "study_file_sha256": "ab" * 32, "mlflow.note.content": f"A fabricated {study} study."}
+    params = {"n_trials": n_trials, "sampler": "tpe", "pruner": "none", "metric": "val_acc",
+              **{f"grid.{k}": v for k, v in grid.items()}, **{f"base.{k}": v for k, v in base.as_dict().items()}}
+    experiment = tracker.experiment(study)
+    if start_time is None:
+        return tracker.open_run(experiment, f"study:{study}", study, tags=tags, params=params)
+    run = tracker.client.create_run(experiment, start_time=start_time, tags={**tags, "stn.key": f"old:{study}"})
+    tracker.end_run(run.info.run_id, "finished")
+    return run.info.run_id
+
+
+def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: int, status: str | None,
+           acc: float, picture: Path | None = None, phase: str = "grid") -> str:
+    """A trial's run as the runner leaves it, written with few store calls (each costs milliseconds)."""
+    stn = cfg.variant in TWIN
+    tags = {"study": study, "study_digest": f"{study}-d", "phase": phase, "trial": str(trial),
+            "cell": f"variant={cfg.variant}/aug={cfg.aug}/seed={cfg.seed}", "variant": cfg.variant,
+            "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": "cifar10", "device": "cpu",
+            "data_provenance": "local copy, md5 differs from official: test_batch", "study_file_sha256": "ab" * 32,
+            "stn": str(stn).lower(), "mlflow.parentRunId": parent, "git_commit": "c0ffee", "git_dirty": "false",
+            **({"twin": TWIN[cfg.variant]} if stn else {})}
+    run = tracker.client.create_run(tracker.experiment(study), run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}",
+                                    tags=tags).info.run_id
+    metrics = [Metric(k, v, 0, epoch) for epoch in (1, 2, 3)  # curves that end at the final accuracy
+               for k, v in (("val_acc", acc - 0.02 * (3 - epoch) - 0.01), ("test_acc", acc - 0.02 * (3 - epoch)))]
+    if status == "finished":
+        final = {"final_test_acc": acc, "best_epoch": 3, "best_val_acc": acc - 0.01, "train_seconds": 30.0 + trial,
+                 "mean_images_per_s": 1000.0 + trial, "n_params": 39884 if stn else 31340}
+        for kind, values, mid, span in (("rotate", (-45, 0, 45), 0, 45), ("scale", (0.7, 1.0, 1.3), 1, 0.3),
+                                        ("translate", (-6, 0, 6), 0, 6)):
+            final.update({f"robust/{kind}/{v:g}": acc - 0.1 * abs(v - mid) / span for v in values})
+            final[f"robust/{kind}/mean"] = acc - 0.2 / 3
+        if stn:
+            final.update({"theta/scale_mean": 0.8 + 0.01 * cfg.seed, "theta/rotation_deg_mean": 1.0,
+                          "theta/shear_mean": 0.0, "theta/tx_mean": 0.05, "theta/ty_mean": -0.05,
+                          "theta/identity_dist_mean": 0.3})
+        metrics += [Metric(k, float(v), 0, 3) for k, v in final.items()]
+    tracker.client.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in cfg.as_dict().items()])
+    if status == "finished" and stn and picture is not None:
+        tracker.log_artifact(run, picture, "stn")
+    if status is not None:
+        tracker.end_run(run, status, "" if status == "finished" else f"{status} on purpose")
+    return run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    tracker = Tracker(f"sqlite:///{tmp}/m.db", tmp / "art")
+    picture = tmp / "epoch_003.png"
+    matplotlib.image.imsave(picture, np.linspace(0, 1, 64 * 32).reshape(64, 32))
+    base = TrainConfig(epochs=3, subset=1000)
+    runs: dict[tuple[str, str, int], str] = {}
+
+    old = _parent(tracker, "fab", {"variant": "tutorial_stn", "aug": "none", "seed": "0"}, base, n_trials=1,
+                  start_time=int(time.time() * 1000) - 60_000)
+    _child(tracker, old, "fab", base.with_overrides(seed=9), 99, "finished", 0.99)  # an older version: never counted
+    parent = _parent(tracker, "fab", {"variant": "tutorial_stn,tutorial_cnn", "aug": "none,standard",
+                                      "seed": "0,1,2,3"}, base, n_trials=16)
+    trial = 0
+    for (variant, aug), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            cfg = base.with_overrides(variant=variant, aug=aug, seed=seed)
+            runs[variant, aug, seed] = _child(tracker, parent, "fab", cfg, trial, "finished", acc, picture)
+            trial += 1
+    for (variant, aug), status in SEED3.items():
+        cfg = base.with_overrides(variant=variant, aug=aug, seed=3)
+        runs[variant, aug, 3] = _child(tracker, parent, "fab", cfg, trial, status, 0.5)
+        trial += 1
+
+    solo = _parent(tracker, "solo", {"variant": "tutorial_stn,tutorial_cnn", "seed": "0"}, base, n_trials=2)
+    for i, variant in enumerate(("tutorial_stn", "tutorial_cnn")):
+        _child(tracker, solo, "solo", base.with_overrides(variant=variant), i, "finished", 0.6 - 0.1 * i)
+
+    tune = _parent(tracker, "tunefab", {}, base, n_trials=4)
+    for i, (lr, status, acc) in enumerate(((0.01, "finished", 0.55), (0.1, "finished", 0.70),
+                                           (0.3, "pruned", 0.40), (0.05, "finished", 0.65))):
+        _child(tracker, tune, "tunefab", base.with_overrides(lr=lr), i, status, acc, phase="tune")
+    out = tmp / "out"
+    readme = report.write_report(tracker, "fab", out, "md")
+    return {"tracker": tracker, "tmp": tmp, "out": out, "readme": readme, "runs": runs, "parent": parent}
+
+
+@pytest.fixture(scope="module")
+def fab(store) -> report.Study:
+    return report.load_study(store["tracker"], "fab")
+
+
+def test_main_table_means_and_intervals_match_a_hand_computation(fab, store):
+    table = report.main_table(fab)
+    assert [(row["variant"], row["aug"]) for row in table.data] == list(sorted(ACC, key=lambda k: (
+        ("tutorial_stn", "tutorial_cnn").index(k[0]), ("none", "standard").index(k[1]))))
+    text = store["readme"].read_text()
+    for row in table.data:
+        values = np.array(ACC[row["variant"], row["aug"]])
+        half = sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+        assert row["n"] == 3
+        assert row["test_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert row["test_acc_ci_half_width"] == pytest.approx(half, rel=1e-9)
+        assert row["run_ids"].split() == [store["runs"][row["variant"], row["aug"], s] for s in range(3)]
+        assert f"{100 * values.mean():.2f}%" in text and f"±{100 * half:.2f}" in text
+    assert "99.00%" not in text  # the older study version is not reported
+
+
+def test_paired_tests_and_holm_match_a_hand_computation(fab):
+    found = report.comparisons(fab)
+    pairs = [(("tutorial_stn", "none"), ("tutorial_cnn", "none")),
+             (("tutorial_stn", "standard"), ("tutorial_cnn", "standard")),
+             (("tutorial_stn", "standard"), ("tutorial_stn", "none")),
+             (("tutorial_cnn", "standard"), ("tutorial_cnn", "none"))]
+    assert [(c.a, c.b) for c in found] == pairs
+    p = [sps.ttest_rel(ACC[a], ACC[b]).pvalue for a, b in pairs]
+    order = np.argsort(p)
+    holm, running = [0.0] * 4, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (4 - rank) * p[i]))
+        holm[i] = running
+    for c, (a, b), p_i, h_i in zip(found, pairs, p, holm):
+        diffs = np.subtract(ACC[a], ACC[b])
+        assert c.seeds == [0, 1, 2]
+        assert c.test.diff.mean == pytest.approx(diffs.mean(), abs=1e-12)
+        assert c.test.diff.half_width == pytest.approx(sps.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3))
+        assert c.test.p_value == pytest.approx(p_i, rel=1e-9)
+        assert c.holm_p == pytest.approx(h_i, rel=1e-9)
+        assert "underpowered" in report.effect_sentence(c)
+
+
+def test_missing_failed_diverged_and_running_are_listed(fab, store):
+    rows = {(r["variant"], r["aug"], r["seed"]): r for r in report.issues_table(fab).data}
+    assert rows["tutorial_stn", "standard", 3]["status"] == "missing"
+    assert rows["tutorial_stn", "none", 3]["status"] == "failed"
+    assert rows["tutorial_cnn", "none", 3]["status"] == "diverged"
+    assert rows["tutorial_cnn", "standard", 3]["status"] == report.RUNNING
+    assert len(rows) == 4
+    for key in (("tutorial_stn", "none", 3), ("tutorial_cnn", "none", 3), ("tutorial_cnn", "standard", 3)):
+        assert rows[key]["run_id"] == store["runs"][key]
+    text = store["readme"].read_text()
+    section = text.split("## Runs not counted")[1].split("##")[0]
+    for word in ("missing", "failed on purpose", "diverged on purpose", report.RUNNING):
+        assert word in section
+
+
+def test_readme_header_traces_every_number(store):
+    text = store["readme"].read_text()
+    assert "stn-ablate run --study fab && stn-ablate report --study fab" in text
+    assert f"parent run `{store['parent']}`" in text
+    assert "not the official CIFAR-10 release" in text
+    assert "Older versions of this study" in text
+    assert "cpu (15 runs)" in text
+
+
+def test_stn_section_has_transform_statistics_and_pictures(fab, store):
+    theta = report.theta_table(fab)
+    assert [(r["variant"], r["aug"]) for r in theta.data] == [("tutorial_stn", "none"), ("tutorial_stn", "standard")]
+    assert theta.data[0]["scale_mean"] == pytest.approx(np.mean([0.80, 0.81, 0.82]))
+    assert theta.data[0]["scale_sd"] == pytest.approx(np.std([0.80, 0.81, 0.82], ddof=1))
+    text = store["readme"].read_text()
+    assert "zooms in" in text
+    for aug in ("none", "standard"):
+        assert f"](stn_tutorial_stn_{aug}_s0.png)" in text
+
+
+def test_robustness_table(fab):
+    rows = report.robustness_table(fab).data
+    for row in rows:
+        assert row["rotate_mean"] == pytest.approx(np.mean(ACC[row["variant"], row["aug"]]) - 0.2 / 3)
+
+
+def test_figures_are_valid_pngs_and_logged_to_the_parent(store):
+    out = store["out"]
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["fig_curves.png", "fig_final.png", "fig_robustness.png", "stn_tutorial_stn_none_s0.png",
+                     "stn_tutorial_stn_standard_s0.png"]
+    for name in names:
+        assert (out / name).read_bytes()[:8] == PNG
+        assert matplotlib.image.imread(out / name).ndim == 3
+        assert f"]({name})" in store["readme"].read_text()
+    assert plt.get_fignums() == []  # every figure was closed
+    logged = {f.path for f in store["tracker"].client.list_artifacts(store["parent"], "report")}
+    assert {f"report/{n}" for n in names + ["README.md"]} <= logged
+
+
+def test_report_is_byte_identical_when_written_twice(store):
+    again = store["tmp"] / "again"
+    report.write_report(store["tracker"], "fab", again, "md")
+    first, second = sorted(store["out"].iterdir()), sorted(again.iterdir())
+    assert [p.name for p in first] == [p.name for p in second]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+@pytest.mark.parametrize("fmt, files", [("latex", ["tables.tex"]),
+                                        ("csv", ["table_effects.csv", "table_main.csv", "table_not_counted.csv",
+                                                 "table_robustness.csv", "table_theta.csv"])])
+def test_latex_and_csv_tables(store, fmt, files):
+    out = store["tmp"] / fmt
+    report.write_report(store["tracker"], "fab", out, fmt)
+    assert (out / "README.md").is_file()
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".tex", ".csv")) == files
+    if fmt == "latex":
+        assert r"\begin{tabular}" in (out / "tables.tex").read_text()
+    else:
+        import csv
+
+        rows = list(csv.DictReader((out / "table_main.csv").open()))
+        assert float(rows[0]["test_acc_mean"]) == pytest.approx(np.mean(ACC["tutorial_stn", "none"]))
+
+
+def test_one_seed_gives_no_interval_and_no_test(store):
+    text, _ = report.render(report.load_study(store["tracker"], "solo"), "md", {})
+    assert "n=1, no CI" in text
+    assert "no test (n < 2)" in text and "no test is possible" in text
+
+
+def test_tuning_study_ranks_trials_and_warns_about_the_best(store):
+    text = report.write_report(store["tracker"], "tunefab", store["tmp"] / "tune", "md").read_text()
+    study = report.load_study(store["tracker"], "tunefab")
+    table = report.trials_table(study)
+    assert [row["trial"] for row in table.data] == [1, 3, 0, 2]
+    assert "lr" in table.headers and "seed" not in table.headers
+    assert "Trial 1 " in text and "fresh seeds" in text
+    assert "## Ablation effects" not in text
+    assert (store["tmp"] / "tune" / "fig_trials.png").read_bytes()[:8] == PNG
+
+
+def test_unknown_study_is_a_usage_error(store):
+    with pytest.raises(UsageError, match="stn-ablate run --study nope"):
+        report.write_report(store["tracker"], "nope", store["tmp"] / "nope", "md")
