@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import tempfile
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,8 +45,11 @@ class Tracker:
                                 f"{str(e).splitlines()[0][:200]}); pass another --tracking-uri or --home") from None
 
     def check(self) -> None:
-        """Fail now, with one line, if the store cannot be reached: not after an hour of training."""
+        """Fail now, with one line, if the store cannot be reached: not after an hour of training. A server is
+        asked for its health page with a short timeout first: MLflow's own client retries for minutes."""
         try:
+            if self.uri.startswith(("http://", "https://")):
+                urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=10).close()
             self.client.search_experiments(max_results=1)
         except Exception as e:
             raise TrackingError(f"MLflow tracking store {self.uri} is unreachable ({type(e).__name__}: "
