@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = 0  # initialization, shuffling, augmentation and dropout
     subset: int | None = None  # train on the first N images of a seeded shuffle of the training split; None = all
     val_size: int = 5000  # images held out of the training set for validation (split seed fixed, see data.py)
-    eval_batch_size: int = 1000  # images per evaluation forward pass
+    eval_batch_size: int = 256  # images per evaluation forward pass (larger is slower on a CPU, fine on a GPU)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

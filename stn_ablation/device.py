@@ -56,5 +56,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 def channels_last(device: torch.device) -> bool:
-    """NHWC memory layout pays off with tensor-core convolutions on CUDA; on the CPU it is measured in `bench`."""
-    return device.type == "cuda"
+    """NHWC memory layout: tensor-core convolutions on CUDA, and oneDNN's fastest kernels on the CPU (measured on
+    2 AVX2 cores: +30% training and +75-120% evaluation throughput for the tutorial models)."""
+    return device.type in ("cuda", "cpu")

@@ -103,6 +103,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
     model = build_model(cfg, data.in_shape, data.num_classes).to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = max(1, len(data.train_y) // cfg.batch_size)  # the last partial batch is dropped
     total = steps_per_epoch * cfg.epochs

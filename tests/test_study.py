@@ -160,3 +160,23 @@ def test_run_on_missing_data_fails_before_training(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert any("cifar10 not found under" in line and "cifar-10-batches-py" in line for line in err)
+
+
+def test_diverged_trials_are_results_not_crashes(data_root, tmp_path, capsys):
+    """A learning rate that blows the loss up ends each trial as diverged, with its reason; the study goes on,
+    and a re-run does not train them again."""
+    study = tmp_path / "diverge.toml"
+    study.write_text('name = "diverge"\ndescription = "lr far too high"\n[grid]\nseed = [0, 1]\n'
+                     '[train]\nvariant = "tutorial_cnn"\nlr = 1e6\nepochs = 2\nsubset = 256\nval_size = 500\n'
+                     '[robustness]\nimages = 0\n')
+    home = tmp_path / "home"
+    args = ["run", "--study", str(study), "--home", str(home), "--device", "cpu"]
+    assert main(args) == 0
+    assert "2 diverged" in capsys.readouterr().out
+    parents, children = child_runs(home, "diverge")
+    assert len(children) == 2
+    for run in children:
+        assert run.info.status == "FAILED" and run.data.tags["status"] == "diverged"
+        assert run.data.tags["status_reason"].startswith("diverged at epoch 1")
+    assert main(args) == 0
+    assert len(child_runs(home, "diverge")[1]) == 2

@@ -1,0 +1,112 @@
+"""`bench`: the FLOP counter against a hand count, and the report of real, tiny runs on synthetic data: positive
+rates for both pipelines, ratios that are their quotients, counted FLOPs, and the STN share line. No timing is
+asserted: speed claims come from the benchmark's output, not from tests."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+from stn_ablation import bench as bench_module
+from stn_ablation.bench import FLOP_BATCH, run_bench, stn_share, training_flops, trials_per_hour
+from stn_ablation.errors import ConfigError
+from stn_ablation.registry import create_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def small_and_single_threaded(monkeypatch):
+    """A smaller synthetic dataset, and one thread: with other tests running on a 2-core machine, two OpenMP
+    threads per process were measured to run ~20x slower (each parallel region waits for a descheduled thread)."""
+    monkeypatch.setattr(bench_module, "SYNTHETIC", (8192, 2048))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bench(*variants: str, seconds: float = 1.0) -> str:
+    return run_bench(variants=list(variants), aug="standard", batch_size=64, device=CPU, precision="auto",
+                     seconds=seconds, real_data=False, data_root=None, workers=False)
+
+
+def table(report: str, title: str) -> dict[str, list[str]]:
+    """The rows of the table whose header starts with `title`, keyed by variant, split on whitespace."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [title])
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        rows[line.split()[0]] = line.split()[1:]
+    return rows
+
+
+def rate_pair_and_ratio(row: list[str], trainer: int, ref: int, ratio: int) -> tuple[float, float, float]:
+    values = float(row[trainer]), float(row[ref]), float(row[ratio].removesuffix("x"))
+    assert values[0] > 0 and values[1] > 0, row
+    assert values[2] == pytest.approx(values[0] / values[1], abs=0.006), row  # printed to 2 decimals
+    return values
+
+
+def test_training_flops_matches_a_hand_count_for_a_linear_layer():
+    layer, batch = nn.Linear(20, 30), 4
+    x, y = torch.randn(batch, 20), torch.randint(0, 30, (batch,))
+    forward = 2 * 20 * 30 * batch  # a multiply-add is 2 FLOPs; the bias add is not counted
+    assert training_flops(layer, x, y) == (2 * forward, ())  # + weight gradient; a leaf input needs no gradient
+    assert training_flops(layer, x.requires_grad_(), y) == (3 * forward, ())  # + input gradient
+    assert layer.weight.grad is None  # the count leaves no gradients behind
+
+
+def test_stn_share_is_the_fraction_of_the_stn_step_the_twin_does_not_spend():
+    assert stn_share(stn_rate=50.0, twin_rate=100.0) == pytest.approx(0.5)  # twice the twin's step time
+    assert stn_share(stn_rate=75.0, twin_rate=100.0) == pytest.approx(0.25)
+    assert stn_share(stn_rate=100.0, twin_rate=100.0) == 0.0
+
+
+def test_bench_rejects_what_the_reference_cannot_do():
+    with pytest.raises(ConfigError, match="none or standard"):
+        run_bench(variants=["tutorial_cnn"], aug="affine", batch_size=64, device=CPU, precision="auto",
+                  seconds=1.0, real_data=False, data_root=None, workers=False)
+
+
+def test_report_of_one_variant(small_and_single_threaded):
+    report = bench("tutorial_cnn")
+    header = report.splitlines()[0]
+    assert "precision fp32 (asked: auto)" in header  # this CPU has no native bf16
+    assert "batch size 64" in header and "aug standard" in header and f"torch {torch.__version__}" in header
+    assert re.search(r"fp32 [\d.]+ GFLOP/s", report)
+
+    row = table(report, "training")["tutorial_cnn"]
+    trainer, _, ratio = rate_pair_and_ratio(row, trainer=0, ref=2, ratio=4)
+    mflop = float(row[5])
+    flops, _ = training_flops(create_model("tutorial_cnn"), torch.randn(FLOP_BATCH, 3, 32, 32),
+                              torch.randint(0, 10, (FLOP_BATCH,)))
+    assert mflop == pytest.approx(flops / FLOP_BATCH / 1e6, abs=0.005) and mflop > 0
+    assert float(row[6]) == pytest.approx(mflop * trainer / 1e3, rel=0.01, abs=0.01)  # GFLOP/s = FLOP/img x img/s
+
+    rate_pair_and_ratio(table(report, "evaluation")["tutorial_cnn"], trainer=0, ref=3, ratio=6)
+    assert "STN share" not in report and "NOT COUNTED" not in report  # no twin given, no sampling run
+
+
+def test_report_of_an_stn_variant_and_its_twin_has_the_share_line(small_and_single_threaded):
+    report = bench("tutorial_stn", "tutorial_cnn")
+    rows = table(report, "training")
+    stn, twin = float(rows["tutorial_stn"][0]), float(rows["tutorial_cnn"][0])
+    share = re.search(r"tutorial_stn vs tutorial_cnn: trainer (-?[\d.]+)%, reference (-?[\d.]+)%; "
+                      r"counted FLOPs ([\d.]+)%", report)
+    assert share, report
+    assert float(share[1]) == pytest.approx(100 * stn_share(stn, twin), abs=0.06)
+    assert float(rows["tutorial_stn"][5]) > float(rows["tutorial_cnn"][5])  # the localization net's convolutions
+    missed = next(line for line in report.splitlines() if line.startswith("NOT COUNTED:"))
+    assert "grid_sampler_2d" in missed and "tutorial_stn" in missed  # FlopCounterMode has no formula for them
+
+
+def test_worker_processes_start_together_and_report_trials():
+    tiny = ("tutorial_cnn", 256, 64)  # a trial of 2 steps and 128 evaluated images: the test is the protocol
+    per_hour = trials_per_hour(2, 1, 0.1, "standard", 128, CPU, "auto", trial=tiny)  # one timed trial each
+    assert per_hour > 0
