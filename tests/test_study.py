@@ -1,5 +1,5 @@
-"""`stn-ablate run`: the quick study end to end, resumption after kill -9, exactly-once cells with two workers on
-PostgreSQL, and the study-file checks."""
+"""`stn-ablate run`: the quick study end to end, resumption after kill -9, diverged trials, and the study-file
+checks (concurrent workers are in test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import signal
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 
 from stn_ablation.cli import main
@@ -86,36 +85,6 @@ def test_killed_worker_resumes_in_the_same_run(data_root, tmp_path):
         assert steps(home, run.info.run_id) == [1, 2, 3]
     resumed = [r for r in children if "resumed_from_epoch" in r.data.tags]
     assert len(resumed) == 1 and int(resumed[0].data.tags["resumed_from_epoch"]) >= 1
-
-
-def test_two_workers_share_a_postgresql_study(data_root, tmp_path):
-    """Two processes on one grid through PostgreSQL: every cell runs exactly once, none is lost."""
-    url = os.environ.get("STN_ABLATE_TEST_PG")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("STN_ABLATE_TEST_PG is not set: .ci/run starts PostgreSQL and sets it", pytrace=False)
-        pytest.skip("set STN_ABLATE_TEST_PG=postgresql://... to run the multi-worker test")
-    home = tmp_path / "home"
-    study = shrunk_study(tmp_path, images=0)
-    spec = load_study(str(study))
-    storage_name = load_study(str(study), epochs=1, subset=256).storage_name
-    try:
-        optuna.delete_study(study_name=storage_name, storage=url)
-    except KeyError:
-        pass
-    args = ["run", "--study", str(study), "--storage", url, "--epochs", "1", "--subset", "256", "--device", "cpu"]
-    workers = [cli(home, *args, wait=False, OMP_NUM_THREADS="1") for _ in range(2)]
-    outputs = [w.communicate(timeout=900)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
-
-    trials = optuna.load_study(study_name=storage_name, storage=url).get_trials()
-    cells = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert sorted(cells) == sorted(set(cells)) and len(cells) == len(spec.cells()) == 8
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    owners = {t.user_attrs["owner"] for t in trials}
-    assert len(owners) == 2, "both workers should have run trials"
-    parents, children = child_runs(home, "quick")
-    assert len(parents) == 1 and len(children) == 8
 
 
 @pytest.mark.parametrize("text, message", [
