@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from stn_ablation.errors import UsageError
+from stn_ablation.faults import fault_point
 
 
 class CheckpointError(UsageError):
@@ -21,12 +22,15 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("checkpoint")  # complete temporary file, not yet renamed
         os.replace(tmp, path)
     except BaseException as e:  # a full disk, a pickling error, Ctrl-C: never leave a temporary file behind
         Path(tmp).unlink(missing_ok=True)

@@ -6,11 +6,13 @@ import torch
 import torch.nn as nn
 
 from stn_ablation.device import autocast
+from stn_ablation.faults import fault_point
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, amp: torch.dtype | None = None) -> torch.Tensor:
     """Predicted class of every image in `x` (N x C x H x W on the model's device), as an N-long tensor there."""
+    fault_point("evaluate")
     was_training = model.training
     model.eval()
     with autocast(x.device, amp):

@@ -17,13 +17,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from stn_ablation.checkpoint import CheckpointError
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataError, DataSplits, load_dataset, prepare
+from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
-from stn_ablation.checkpoint import CheckpointError
 from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.runner import checkpointed_history, run_tracked
-from stn_ablation.storage import Lock, open_storage
+from stn_ablation.storage import Lock, StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
 from stn_ablation.tracking import Tracker
 from stn_ablation.train import TrainResult
@@ -49,6 +50,17 @@ class Worker:
     _data: dict[tuple, DataSplits] = field(default_factory=dict)
 
     def run(self) -> optuna.Study:
+        """Run trials until none is left. Losing the Optuna database mid-study is one line, not a traceback:
+        the trial in flight stays resumable and the same command continues once the database is back."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._run()
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            raise StorageError(f"lost the Optuna storage during study {self.spec.name} ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:160]}); re-run the same command when it is back") from None
+
+    def _run(self) -> optuna.Study:
         spec = self.spec
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.tracker.check()
@@ -62,6 +74,7 @@ class Worker:
             self.parent = self._open_parent()
         while (trial := self._claim()) is not None:
             self._run_trial(trial)
+            fault_point("between_trials")
         self._close_parent()
         return self.study
 

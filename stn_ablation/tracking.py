@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.errors import UsageError
+from stn_ablation.faults import fault_point
 from stn_ablation.locks import file_lock
 
 KEY_TAG = "stn.key"  # identifies one unit of work (a config, a study cell) across re-runs of the same command
@@ -108,6 +109,7 @@ class Tracker:
                 if name != "epoch" and math.isfinite(value):
                     metrics.append(Metric(_metric_name(name), value, _now_ms(), stats.epoch))
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            fault_point("mlflow")
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:

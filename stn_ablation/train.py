@@ -22,6 +22,7 @@ from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataSplits
 from stn_ablation.device import autocast, autocast_dtype, channels_last
 from stn_ablation.evaluate import accuracy
+from stn_ablation.faults import fault_point
 from stn_ablation.registry import create_model
 
 
@@ -164,6 +165,7 @@ def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp,
         x = augment(data.train_x[idx], cfg.aug, generator, flip=data.mirror_symmetric)  # B x C x H x W
         y = data.train_y[idx]
         seen += len(y)
+        fault_point("step")
         with autocast(device, amp):
             logits = model(x)  # B x num_classes
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)

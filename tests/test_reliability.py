@@ -1,16 +1,20 @@
-"""Concurrency: three worker processes on one study, with the embedded storage and with PostgreSQL. Every cell
-runs exactly once, nothing fails on a locked database, and the MLflow experiment and parent run exist once."""
+"""Concurrency and outages: three worker processes on one study, with the embedded storage and with PostgreSQL
+(every cell exactly once, nothing fails on a locked database, one MLflow experiment and parent run), and a
+PostgreSQL server that stops mid-study (the worker fails in one line; the same command then finishes the study)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.studyfile import load_study
-from tests.studyutil import child_runs, cli, shrunk_study
+from tests.studyutil import child_runs, cli, shrunk_study, steps
 
 
 def _postgres_url() -> str:
@@ -56,3 +60,47 @@ def test_three_workers_run_each_cell_exactly_once(data_root, tmp_path, backend):
     parents, children = child_runs(home, "quick")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.tags["cell"] for r in children) == cells
+
+
+def test_postgresql_stopping_mid_study_fails_cleanly_and_a_rerun_resumes(data_root, tmp_path):
+    url = _postgres_url()
+    ctl, data, opts = (os.environ.get(k) for k in ("STN_ABLATE_TEST_PG_CTL", "STN_ABLATE_TEST_PG_DATA",
+                                                     "STN_ABLATE_TEST_PG_OPTS"))
+    if not (ctl and data and opts):
+        pytest.skip("set STN_ABLATE_TEST_PG_CTL, _DATA and _OPTS (as .ci/run does) to stop and restart the server")
+    study = tmp_path / "outage.toml"
+    study.write_text('name = "outage"\ndescription = "database stops mid-study"\n[grid]\nseed = [0, 1]\n'
+                     '[train]\nvariant = "tutorial_cnn"\nepochs = 3\nsubset = 256\nval_size = 500\n'
+                     '[robustness]\nimages = 0\n')
+    spec = load_study(str(study))
+    try:
+        optuna.delete_study(study_name=spec.storage_name, storage=url)
+    except KeyError:
+        pass
+    home = tmp_path / "home"
+    args = ["run", "--study", str(study), "--storage", url, "--device", "cpu"]
+    pg = ["runuser", "-u", "postgres", "--", ctl, "-D", data, "-w"]
+
+    worker = cli(home, *args, wait=False)
+    deadline = time.time() + 300
+    while not list((home / "checkpoints").glob("*.pt")) and time.time() < deadline and worker.poll() is None:
+        time.sleep(0.02)
+    subprocess.run([*pg, "-m", "fast", "stop"], check=True, capture_output=True)
+    try:
+        output = worker.communicate(timeout=600)[0]
+    finally:
+        subprocess.run([*pg, "-o", opts, "-l", str(Path(data).parent / "restart.log"), "start"], check=True,
+                       capture_output=True)
+    assert worker.returncode == 2, output
+    assert "Traceback" not in output
+    assert "lost the Optuna storage" in output.strip().splitlines()[-1]
+
+    again = cli(home, *args)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name=spec.storage_name, storage=url).get_trials()
+    complete = sorted(t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert complete == ["seed=0", "seed=1"]
+    _, children = child_runs(home, "outage")
+    assert sorted(r.data.tags["cell"] for r in children) == complete
+    for run in children:
+        assert run.info.status == "FINISHED" and steps(home, run.info.run_id) == [1, 2, 3]
