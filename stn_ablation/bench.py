@@ -304,8 +304,8 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
         f"stn-ablate bench: torch {torch.__version__}, device {device}, precision {PRECISION_NAMES[amp]} "
         f"(asked: {precision}), {_threads(torch.get_num_threads())}, batch size {batch_size}, aug {aug}",
         f"data: {data}",
-        f"trainer: stn_ablation.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
-        f"evaluate.predict",
+        "trainer: stn_ablation.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
+        "evaluate.predict",
         f"reference: tutorial-style PIL + transforms.Compose, DataLoader(batch_size={reference.TUTORIAL_BATCH}, "
         f"num_workers={reference.TUTORIAL_WORKERS}), SGD, loss.item() every step; same model, same precision; "
         "timed from its first batch (worker start-up not charged)",

@@ -197,8 +197,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.distort and args.aug not in (None, "affine"):
         raise UsageError(f"--distort means --aug affine; drop one of --distort and --aug {args.aug}")
     cfg = TrainConfig().with_overrides(
-        variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs, seed=args.seed, lr=args.lr,
-        batch_size=args.batch_size, subset=args.subset)
+        variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs,
+        seed=args.seed, lr=args.lr, batch_size=args.batch_size, subset=args.subset)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)

@@ -158,7 +158,8 @@ def robustness_table(study: Study) -> Table | None:
                    for k in SWEEP_KINDS}
             rows.append([variant, aug, str(len(runs))] + [f"{_pct(est[k].mean)} {_ci(est[k])}" for k in SWEEP_KINDS]
                         + [", ".join(r.short for r in runs)])
-            data.append({"variant": variant, "aug": aug, "n": len(runs), **{f"{k}_mean": est[k].mean for k in SWEEP_KINDS},
+            data.append({"variant": variant, "aug": aug, "n": len(runs),
+                         **{f"{k}_mean": est[k].mean for k in SWEEP_KINDS},
                          **{f"{k}_ci_half_width": est[k].half_width for k in SWEEP_KINDS},
                          "run_ids": " ".join(r.id for r in runs)})
     return Table("table_robustness", f"Mean test accuracy over each distortion sweep ({LEVEL:.0%} Student-t CI in "

@@ -24,7 +24,7 @@ from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.runner import checkpointed_history, run_tracked
-from stn_ablation.storage import Lock, StorageError, open_storage
+from stn_ablation.storage import StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
 from stn_ablation.tracking import Tracker
 from stn_ablation.train import TrainResult
