@@ -19,7 +19,7 @@ from stn_ablation.evaluate import per_class_accuracy
 from stn_ablation.registry import get_variant
 from stn_ablation.robustness import sweep_accuracy, theta_stats
 from stn_ablation.tracking import Tracker
-from stn_ablation.train import EpochHook, EpochStats, TrainResult, train
+from stn_ablation.train import EpochHook, EpochStats, StopRun, TrainResult, train
 
 
 class Progress:
@@ -51,9 +51,9 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
                 robustness: RobustnessConfig = RobustnessConfig(), precision: str = "auto"
                 ) -> tuple[str, TrainResult]:
     """Train `cfg` as the MLflow run identified by `key`. A killed run re-run with the same key continues its
-    checkpoint in the same MLflow run, with no gap and no duplicate step. Exceptions raised by `hooks` (pruning)
-    propagate after the run is left open for the caller to close. A finished run is then evaluated under the
-    `robustness` sweeps."""
+    checkpoint in the same MLflow run, with no gap and no duplicate step. A hook's `StopRun` (pruning) closes the
+    run as pruned and propagates; so does any other error, closing it as failed. A finished run is then evaluated
+    under the `robustness` sweeps."""
     run_id = tracker.open_run(
         experiment_id, key, run_name, parent_run_id=parent_run_id, params=cfg.as_dict(),
         reuse_finished=reuse_finished,
@@ -85,9 +85,11 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
     try:
         result = train(cfg, data, device, checkpoint=checkpoint, on_epoch=_chain(record, progress, *hooks),
                        precision=precision)
-    except BaseException as e:
-        if not isinstance(e, (KeyboardInterrupt, SystemExit)) and type(e).__name__ != "TrialPruned":
-            tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
+    except StopRun as e:
+        tracker.end_run(run_id, "pruned", str(e))
+        raise
+    except Exception as e:  # Ctrl-C and kill leave the run open: the same command resumes it
+        tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         progress.close()

@@ -27,7 +27,7 @@ from stn_ablation.runner import checkpointed_history, run_tracked
 from stn_ablation.storage import StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
 from stn_ablation.tracking import Tracker
-from stn_ablation.train import TrainResult
+from stn_ablation.train import StopRun, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -137,24 +137,18 @@ class Worker:
             for stats in checkpointed_history(checkpoint):  # a resumed trial re-reports what its checkpoint holds
                 trial.report(stats.val_acc, stats.epoch)
             hooks.append(_pruning_hook(trial))
-        run_ids: list[str] = []
-
-        def started(run_id: str) -> None:
-            run_ids.append(run_id)
-            trial.set_user_attr("mlflow_run_id", run_id)
         label = f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}"
         with beat:
             try:
-                run_id, result = run_tracked(
+                _, result = run_tracked(
                     cfg, self._splits(cfg), self.device, self.tracker, self.experiment, key=key,
                     run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
                     checkpoint=checkpoint, parent_run_id=self.parent, hooks=hooks, progress_label=label,
-                    reuse_finished=True, on_start=started, robustness=spec.robustness,
-                    precision=self.precision,
+                    reuse_finished=True, robustness=spec.robustness, precision=self.precision,
+                    on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
                     tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase,
                           "trial": str(trial.number), "cell": cell, "study_file_sha256": spec.file_sha256})
-            except optuna.TrialPruned as e:
-                self.tracker.end_run(run_ids[0], "pruned", str(e))
+            except StopRun as e:
                 self._end(trial, TrialState.PRUNED, "pruned", str(e), None)
                 checkpoint.unlink(missing_ok=True)
                 return
@@ -265,12 +259,12 @@ def _value(result: TrainResult, metric: str) -> float | None:
 
 
 def _pruning_hook(trial: optuna.Trial):
-    """Report validation accuracy each epoch; raise TrialPruned when the pruner says so."""
+    """Report validation accuracy each epoch; stop the run when the pruner says so."""
 
     def hook(stats, model) -> None:
         trial.report(stats.val_acc, stats.epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}: val_acc {stats.val_acc:.4f} below the median")
+            raise StopRun(f"pruned at epoch {stats.epoch}: val_acc {stats.val_acc:.4f} is below the pruner's bar")
     return hook
 
 

@@ -59,6 +59,12 @@ class TrainResult:
 
 EpochHook = Callable[[EpochStats, nn.Module], None]
 
+
+class StopRun(Exception):
+    """Raised by an `on_epoch` hook to end a run early on purpose (a tuner's pruning); the message says why.
+    The checkpoint of the last epoch is on disk, so nothing about the run is lost."""
+
+
 DIVERGED_LOSS = 100  # a mean training loss above this many times chance level (ln classes) counts as diverged
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import optuna
 import pytest
 
 from stn_ablation.cli import main
@@ -148,3 +149,39 @@ def test_diverged_trials_are_results_not_crashes(data_root, tmp_path, capsys):
         assert run.data.tags["status_reason"].startswith("diverged at epoch 1")
     assert main(args) == 0
     assert len(child_runs(home, "diverge")[1]) == 2
+
+
+def test_tuning_study_samples_tracks_and_counts_trials(data_root, tmp_path, capsys):
+    """A [search] study: TPE samples each trial's settings, every trial is a child run with those params, and
+    n_trials is a total that a re-run does not exceed."""
+    study = tmp_path / "tune.toml"
+    study.write_text('name = "tune_small"\ndescription = "lr search"\nn_trials = 3\nsampler = "random"\n'
+                     '[train]\nvariant = "tutorial_cnn"\nepochs = 1\nsubset = 256\nval_size = 500\n'
+                     '[search.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n'
+                     '[search.batch_size]\ntype = "categorical"\nchoices = [64, 128]\n'
+                     '[robustness]\nimages = 0\n')
+    home = tmp_path / "home"
+    args = ["run", "--study", str(study), "--home", str(home), "--device", "cpu"]
+    assert main(args) == 0
+    assert "3 finished" in capsys.readouterr().out
+    _, children = child_runs(home, "tune_small")
+    assert len(children) == 3
+    for run in children:
+        assert run.data.tags["phase"] == "tune"
+        assert 0.01 <= float(run.data.params["lr"]) <= 0.1 and run.data.params["batch_size"] in ("64", "128")
+    assert len({run.data.params["lr"] for run in children}) == 3
+    assert main(args) == 0
+    assert len(child_runs(home, "tune_small")[1]) == 3
+
+
+def test_pruning_hook_stops_the_run_with_its_reason():
+    from stn_ablation.study import _pruning_hook
+    from stn_ablation.train import EpochStats, StopRun
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    trial = study.ask()
+    hook = _pruning_hook(trial)
+    hook(EpochStats(1, 1.0, 0.6, 0.6, 0.6, 0.1, 1.0, 1.0), None)  # above the bar: goes on
+    with pytest.raises(StopRun, match="pruned at epoch 2: val_acc 0.3000"):
+        hook(EpochStats(2, 1.0, 0.3, 0.3, 0.3, 0.1, 1.0, 1.0), None)
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.6, 2: 0.3}
