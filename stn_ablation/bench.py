@@ -96,7 +96,7 @@ def run_bench(*, variants: list[str], aug: str, batch_size: int, device: torch.d
                  name, plan.rounds, plan.train_s, plan.eval_s)
         results.append(measure_variant(name, raw, pool, aug, batch_size, device, precision, plan))
     lines = _header(raw, real_data, aug, batch_size, device, precision, amp, plan, peaks, _others(usage))
-    lines += _report(results, peaks[amp], PRECISION_NAMES[amp])
+    lines += _report(results, peaks, amp)
     if workers:
         lines += _workers_report(aug, batch_size, device, precision, seconds)
     return "\n".join(lines)
@@ -132,7 +132,7 @@ def _time_training(cfg: TrainConfig, raw: RawDataset, pool: DataSplits, device: 
     model and optimizer across its rounds, as the tutorial does across epochs."""
     from stn_ablation import reference
 
-    amp, bs = autocast_dtype(device, precision), cfg.batch_size
+    bs = cfg.batch_size
     rate = _trainer_round(cfg, _head(pool, MIN_STEPS * bs), device, precision)[0]
     if MIN_STEPS * bs / rate < 1.0:  # that epoch was mostly one-off set-up: estimate again
         rate = _trainer_round(cfg, _head(pool, MIN_STEPS * bs), device, precision)[0]
@@ -142,12 +142,12 @@ def _time_training(cfg: TrainConfig, raw: RawDataset, pool: DataSplits, device: 
     torch.manual_seed(cfg.seed)  # the trainer's initialization too
     ref_model = create_model(cfg.variant, in_shape=pool.in_shape, num_classes=pool.num_classes).to(device)
     optimizer = reference.tutorial_optimizer(ref_model)
-    reference.train_for(ref_model, loader, optimizer, device, amp, float("inf"), max_batches=2)  # warm-up
+    reference.train_for(ref_model, loader, optimizer, device, float("inf"), max_batches=2)  # warm-up
     rates: tuple[list[float], list[float]] = ([], [])
     for _ in range(plan.rounds):
         rate, model = _trainer_round(cfg, _head(pool, n), device, precision)
         rates[0].append(rate)
-        rates[1].append(reference.train_for(ref_model, loader, optimizer, device, amp, plan.train_s).images_per_s)
+        rates[1].append(reference.train_for(ref_model, loader, optimizer, device, plan.train_s).images_per_s)
     return rates, model, ref_model
 
 
@@ -163,11 +163,11 @@ def _time_evaluation(model: nn.Module, ref_model: nn.Module, raw: RawDataset, po
     m = min(max(round(warm * plan.eval_s), MIN_EVAL), len(pool.test_y))
     batch_size = min(batch_size, m)
     loader = reference.tutorial_loader(raw.test_x[:m], raw.test_y[:m], "none", pool.mean, pool.std, train=False)
-    reference.evaluate_for(ref_model, loader, device, amp, float("inf"), max_batches=2)  # warm-up
+    reference.evaluate_for(ref_model, loader, device, float("inf"), max_batches=2)  # warm-up
     rates: tuple[list[float], list[float]] = ([], [])
     for _ in range(plan.rounds):
         rates[0].append(_predict_rate(model, pool.test_x[:m], batch_size, amp))
-        rates[1].append(reference.evaluate_for(ref_model, loader, device, amp, plan.eval_s).images_per_s)
+        rates[1].append(reference.evaluate_for(ref_model, loader, device, plan.eval_s).images_per_s)
     return rates, batch_size
 
 
@@ -307,8 +307,8 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
         "trainer: stn_ablation.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
         "evaluate.predict",
         f"reference: tutorial-style PIL + transforms.Compose, DataLoader(batch_size={reference.TUTORIAL_BATCH}, "
-        f"num_workers={reference.TUTORIAL_WORKERS}), SGD, loss.item() every step; same model, same precision; "
-        "timed from its first batch (worker start-up not charged)",
+        f"num_workers={reference.TUTORIAL_WORKERS}), SGD, loss.item() every step; same model, in fp32 and NCHW as "
+        "the tutorial; timed from its first batch (worker start-up not charged)",
         f"rounds: {plan.rounds} interleaved (trainer, reference) per variant, ~{plan.train_s:.1f} s training + "
         f"~{plan.eval_s:.1f} s evaluation each; images/s are medians over rounds, spread = (max - min) / median",
         f"matmul peak (torch.mm, best repeat): {peak_text}",
@@ -319,19 +319,21 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
     ]
 
 
-def _report(results: list[Measured], peak: tuple[float, int] | None, peak_name: str) -> list[str]:
+def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> list[str]:
+    """The tables. Each pipeline's %peak is against the matmul peak of its own precision: the trainer's `amp`,
+    the reference's fp32."""
     from stn_ablation import reference
 
     med = statistics.median
     rows = []
     for r in results:
         (t, ref), flops = r.train, r.flops_per_image
-        pct = lambda rate: f"{flops * rate / peak[0]:.1%}" if peak else "n/a"  # noqa: E731
+        pct = lambda rate, peak: f"{flops * rate / peak[0]:.1%}" if peak else "n/a"  # noqa: E731
         rows.append([r.variant, f"{med(t):.1f}", _spread(t), f"{med(ref):.1f}", _spread(ref),
-                     f"{med(t) / med(ref):.2f}x", f"{flops / 1e6:.2f}", f"{flops * med(t) / 1e9:.2f}", pct(med(t)),
-                     f"{flops * med(ref) / 1e9:.2f}", pct(med(ref))])
-    lines = [f"training: images/s, counted MFLOP per image, achieved GFLOP/s and its % of the {peak_name} "
-             "matmul peak"]
+                     f"{med(t) / med(ref):.2f}x", f"{flops / 1e6:.2f}", f"{flops * med(t) / 1e9:.2f}",
+                     pct(med(t), peaks[amp]), f"{flops * med(ref) / 1e9:.2f}", pct(med(ref), peaks[None])])
+    lines = [f"training: images/s, counted MFLOP per image, achieved GFLOP/s and its % of the matmul peak "
+             f"(trainer: {PRECISION_NAMES[amp]}, reference: fp32)"]
     lines += _table(["training", "trainer_img/s", "spread", "reference_img/s", "spread", "trainer/ref",
                      "MFLOP/img", "trainer_GFLOP/s", "%peak", "ref_GFLOP/s", "%peak"], rows)
     rows = [[r.variant, f"{med(r.evaluate[0]):.1f}", _spread(r.evaluate[0]), str(r.eval_batch),

@@ -1,6 +1,7 @@
 """The PyTorch tutorial's way to feed and train a CIFAR-10 model, kept only as the baseline `bench` measures the
-trainer against: PIL images through `transforms.Compose`, a multi-process `DataLoader`, and a per-batch loop that
-reads the loss back every step. Nothing else in the suite uses it; it is written the tutorial's way on purpose.
+trainer against: PIL images through `transforms.Compose`, a multi-process `DataLoader`, a per-batch loop that
+reads the loss back every step, fp32 and the default NCHW layout (the tutorial uses no autocast). Nothing else in
+the suite uses it; it is written the tutorial's way on purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from stn_ablation.device import autocast
 from stn_ablation.errors import ConfigError
 
 TUTORIAL_BATCH = 64  # images per step, the tutorial's DataLoader batch size
@@ -71,7 +71,7 @@ class Timed:
 
 
 def train_for(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
-              amp: torch.dtype | None, seconds: float, max_batches: int | None = None) -> Timed:
+              seconds: float, max_batches: int | None = None) -> Timed:
     """The tutorial's training loop over (at most) one pass of `loader`, stopped after the batch that crosses
     `seconds`. The clock starts when the first batch arrives: worker start-up is not charged to the reference, so
     the comparison can only favour it."""
@@ -81,9 +81,8 @@ def train_for(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
         start = start if start is not None else time.perf_counter()
         x, y = x.to(device), y.to(device)  # B x C x H x W, B
         optimizer.zero_grad()
-        with autocast(device, amp):
-            output = model(x)  # B x num_classes
-        loss = F.cross_entropy(output.float(), y)
+        output = model(x)  # B x num_classes
+        loss = F.cross_entropy(output, y)
         loss.backward()
         optimizer.step()
         running_loss += loss.item()  # the tutorial's per-step read-back: a host sync every step
@@ -94,16 +93,15 @@ def train_for(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def evaluate_for(model: nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None,
-                 seconds: float, max_batches: int | None = None) -> Timed:
+def evaluate_for(model: nn.Module, loader: DataLoader, device: torch.device, seconds: float,
+                 max_batches: int | None = None) -> Timed:
     """The tutorial's test loop (summed loss and correct count read back every batch), timed like `train_for`."""
     model.eval()
     test_loss, correct, images, start = 0.0, 0, 0, None
     for i, (x, y) in enumerate(loader):
         start = start if start is not None else time.perf_counter()
         x, y = x.to(device), y.to(device)
-        with autocast(device, amp):
-            output = model(x).float()  # B x num_classes
+        output = model(x)  # B x num_classes
         test_loss += F.cross_entropy(output, y, reduction="sum").item()
         correct += (output.argmax(1) == y).sum().item()
         images += len(y)

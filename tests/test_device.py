@@ -54,6 +54,29 @@ def test_cpu_auto_precision_uses_bf16_only_where_native(fake, bf16_cpu, expected
     assert dev.channels_last(torch.device("cpu")) and not dev.channels_last(torch.device("mps"))
 
 
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+    ("fpu sse2 avx2 avx512f amx_bf16 amx_tile", True),  # Intel Sapphire Rapids
+    ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", False),  # AVX512 emulates bf16: slower than fp32
+    ("fp asimd sve bf16 i8mm", True),  # Arm Features line
+    ("", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
+    monkeypatch.setattr(dev, "cpu_flags", lambda: frozenset(flags.split()))
+    assert dev.cpu_has_native_bf16() is native
+
+
+def test_cpu_flags_reads_the_flags_line(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
+    real_path = dev.Path
+    monkeypatch.setattr(dev, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert dev.cpu_flags() == {"fpu", "avx2", "avx512_bf16"}
+    monkeypatch.setattr(dev, "Path", lambda p: tmp_path / "absent")
+    assert dev.cpu_flags() == frozenset()
+
+
 @pytest.mark.parametrize("precision, expected", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_explicit_precision_wins(precision, expected):
     assert dev.autocast_dtype(torch.device("cpu"), precision) is expected
