@@ -4,6 +4,7 @@ checks (concurrent workers are in test_reliability.py)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -185,3 +186,34 @@ def test_pruning_hook_stops_the_run_with_its_reason():
     with pytest.raises(StopRun, match="pruned at epoch 2: val_acc 0.3000"):
         hook(EpochStats(2, 1.0, 0.3, 0.3, 0.3, 0.1, 1.0, 1.0), None)
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.6, 2: 0.3}
+
+
+def test_median_pruning_ends_poor_trials_as_pruned_runs(data_root, tmp_path, capsys):
+    """A [search] study with the median pruner: trials whose first-epoch validation accuracy is below the median
+    of the finished ones stop early, and their MLflow runs say so (KILLED, status pruned, the epoch and the bar),
+    never looking successful; the study counts them as results and a re-run trains nothing more."""
+    study = tmp_path / "prune.toml"
+    study.write_text('name = "prune_small"\ndescription = "lr search with pruning"\nn_trials = 10\n'
+                     'sampler = "random"\npruner = "median"\n'
+                     '[train]\nvariant = "tutorial_cnn"\nepochs = 2\nsubset = 512\nval_size = 500\n'
+                     '[search.lr]\ntype = "float"\nlow = 1e-4\nhigh = 0.5\nlog = true\n'
+                     '[robustness]\nimages = 0\n')
+    home = tmp_path / "home"
+    args = ["run", "--study", str(study), "--home", str(home), "--device", "cpu"]
+    assert main(args) == 0
+    summary = capsys.readouterr().out
+    _, children = child_runs(home, "prune_small")
+    assert len(children) == 10
+    pruned = [r for r in children if r.data.tags["status"] == "pruned"]
+    assert pruned, summary
+    for run in pruned:
+        assert run.info.status == "KILLED"
+        epoch = re.match(r"pruned at epoch (\d+): val_acc [\d.]+ is below", run.data.tags["status_reason"])
+        assert epoch, run.data.tags["status_reason"]
+        assert steps(home, run.info.run_id, "val_acc") == list(range(1, int(epoch[1]) + 1))
+        assert "final_test_acc" not in run.data.metrics
+    finished = [r for r in children if r.data.tags["status"] == "finished"]
+    assert len(finished) + len(pruned) == 10 and all(r.info.status == "FINISHED" for r in finished)
+    assert f"{len(pruned)} pruned" in summary
+    assert main(args) == 0
+    assert len(child_runs(home, "prune_small")[1]) == 10
