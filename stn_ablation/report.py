@@ -302,13 +302,13 @@ def _header(study: Study, fmt: str) -> list[str]:
         f"tuning, {study.parent_params.get('n_trials', '?')} trials, sampler {study.parent_params.get('sampler', '?')}"
     commits = _counter((t.get("git_commit", "unknown"), t.get("git_dirty", "unknown")) for t in everything)
     git = [f"`{c}`{' with **uncommitted changes**' if d == 'true' else ''} ({_runs(n)})" for (c, d), n in commits]
-    devices = _counter(r.tags.get("device", "?") for r in runs)
+    devices = _counter(f"{r.tags.get('device', '?')}, {r.tags.get('precision', '?')}" for r in runs)
     rows = [["study", f"{study.name}, version {tags.get('study_digest', '?')}: {shape}"],
             ["runs", ", ".join(f"{n} {s}" for s, n in _counter(r.status for r in runs)) or "none yet"],
             ["code", "; ".join(git)],
             ["study file sha256", "; ".join(f"`{h}` ({_runs(n)})" for h, n in
                                             _counter(t.get("study_file_sha256", "unknown") for t in everything))],
-            ["device", ", ".join(f"{d} ({_runs(n)})" for d, n in devices) or "—"],
+            ["device, precision", "; ".join(f"{d} ({_runs(n)})" for d, n in devices) or "—"],
             ["data", data_line],
             ["base config", ", ".join(f"{k[5:]}={v}" for k, v in sorted(study.parent_params.items())
                                       if k.startswith("base.")) or "—"],

@@ -60,7 +60,8 @@ def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: i
     tags = {"study": study, "study_digest": f"{study}-d", "phase": phase, "trial": str(trial),
             "cell": f"variant={cfg.variant}/aug={cfg.aug}/seed={cfg.seed}", "variant": cfg.variant,
             "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": "cifar10", "device": "cpu",
-            "data_provenance": "local copy, md5 differs from official: test_batch", "study_file_sha256": "ab" * 32,
+            "precision": "bfloat16", "data_provenance": "local copy, md5 differs from official: test_batch",
+            "study_file_sha256": "ab" * 32,
             "stn": str(stn).lower(), "mlflow.parentRunId": parent, "git_commit": "c0ffee", "git_dirty": "false",
             **({"twin": TWIN[cfg.variant]} if stn else {})}
     run = tracker.client.create_run(tracker.experiment(study), run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}",
@@ -190,7 +191,7 @@ def test_readme_header_traces_every_number(store):
     assert f"parent run `{store['parent']}`" in text
     assert "not the official CIFAR-10 release" in text
     assert "Older versions of this study" in text
-    assert "cpu (15 runs)" in text
+    assert "| device, precision | cpu, bfloat16 (15 runs) |" in text
 
 
 def test_stn_section_has_transform_statistics_and_pictures(fab, store):
