@@ -105,12 +105,26 @@ class TutorialCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class DilatedConv2d(nn.Conv2d):
+    """A dilated convolution that runs channels-first on the CPU, whatever the model's memory format.
+
+    oneDNN (as shipped with PyTorch 2.14.1) returns wrong weight gradients for a bf16 dilated convolution in
+    channels_last on the CPU: for 24->48 channels at 32x32 they are infinite or huge and differ on every call
+    (tests/test_registry.py checks this layer against fp32). Channels-first is exact to bf16 rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return self._conv_forward(x.contiguous(), self.weight.contiguous(), self.bias)  # B x C_out x H x W
+
+
 def conv_bn(c_in: int, c_out: int, kernel: int = 3, *, stride: int = 1, dilation: int = 1, groups: int = 1,
             dropout: float = 0.0) -> nn.Sequential:
     """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU -> optional dropout."""
+    conv = DilatedConv2d if dilation > 1 else nn.Conv2d
     layers = [
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
-                  groups=groups, bias=False),
+        conv(c_in, c_out, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
+             groups=groups, bias=False),
         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
     ]
     if dropout:
