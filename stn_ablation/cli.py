@@ -39,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="train on randomly rotated/zoomed/shifted images: the same as --aug affine")
     p.add_argument("--seed", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--loc-lr-mult", type=float,
+                   help="localization-net learning rate as a multiple of --lr (default 0.1)")
     p.add_argument("--batch-size", type=int)
 
     p = sub.add_parser("run", parents=[common, training], help="run (or resume) a study: its trials as MLflow runs")
@@ -198,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"--distort means --aug affine; drop one of --distort and --aug {args.aug}")
     cfg = TrainConfig().with_overrides(
         variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs,
-        seed=args.seed, lr=args.lr, batch_size=args.batch_size, subset=args.subset)
+        seed=args.seed, lr=args.lr, loc_lr_mult=args.loc_lr_mult, batch_size=args.batch_size, subset=args.subset)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)

@@ -18,7 +18,8 @@ from stn_ablation.config import TrainConfig
 from stn_ablation.paths import HOME_ENV, StateHome
 from stn_ablation.registry import create_model, get_variant, list_variants
 
-TRAIN_ARGS = ["train", "--variant", "tutorial_stn", "--epochs", "1", "--subset", "1000", "--device", "cpu"]
+TRAIN_ARGS = ["train", "--variant", "tutorial_stn", "--epochs", "1", "--subset", "1000", "--loc-lr-mult", "0.2",
+              "--device", "cpu"]
 
 
 def _single_error_line(capsys, code: int) -> str:
@@ -56,7 +57,7 @@ def trained(data_root, tmp_path_factory):
         mp.setenv(HOME_ENV, str(root))
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main([*TRAIN_ARGS, "--data-root", str(data_root)])
-    cfg = TrainConfig().with_overrides(variant="tutorial_stn", epochs=1, subset=1000)
+    cfg = TrainConfig().with_overrides(variant="tutorial_stn", epochs=1, subset=1000, loc_lr_mult=0.2)
     return code, out.getvalue(), err.getvalue(), StateHome.resolve(root), cfg
 
 
@@ -89,7 +90,7 @@ def test_train_run_status_params_and_tags(trained, mlflow_run):
     assert run.info.status == "FINISHED"
     assert run.data.params == {k: str(v) for k, v in cfg.as_dict().items()}
     assert run.data.params["variant"] == "tutorial_stn" and run.data.params["epochs"] == "1"
-    assert run.data.params["subset"] == "1000"
+    assert run.data.params["subset"] == "1000" and run.data.params["loc_lr_mult"] == "0.2"
     tags = run.data.tags
     assert tags["variant"] == "tutorial_stn"
     assert tags["augmentation"] == "none"
