@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -132,18 +133,25 @@ def test_run_on_missing_data_fails_before_training(tmp_path, capsys):
     assert any("cifar10 not found under" in line and "cifar-10-batches-py" in line for line in err)
 
 
-def test_diverged_trials_are_results_not_crashes(data_root, tmp_path, capsys):
-    """A learning rate that blows the loss up ends each trial as diverged, with its reason; the study goes on,
-    and a re-run does not train them again."""
-    study = tmp_path / "diverge.toml"
-    study.write_text('name = "diverge"\ndescription = "lr far too high"\n[grid]\nseed = [0, 1]\n'
-                     '[train]\nvariant = "tutorial_cnn"\nlr = 1e6\nepochs = 2\nsubset = 256\nval_size = 500\n'
-                     '[robustness]\nimages = 0\n')
+def _run_inline_study(tmp_path, capsys, text: str) -> tuple[list[str], Path, str]:
+    """Write `text` as a study file and run it in a fresh state folder: (the command, the folder, its stdout)."""
+    study = tmp_path / "inline.toml"
+    study.write_text(text)
     home = tmp_path / "home"
     args = ["run", "--study", str(study), "--home", str(home), "--device", "cpu"]
     assert main(args) == 0
-    assert "2 diverged" in capsys.readouterr().out
-    parents, children = child_runs(home, "diverge")
+    return args, home, capsys.readouterr().out
+
+
+def test_diverged_trials_are_results_not_crashes(data_root, tmp_path, capsys):
+    """A learning rate that blows the loss up ends each trial as diverged, with its reason; the study goes on,
+    and a re-run does not train them again."""
+    args, home, out = _run_inline_study(
+        tmp_path, capsys, 'name = "diverge"\ndescription = "lr far too high"\n[grid]\nseed = [0, 1]\n'
+        '[train]\nvariant = "tutorial_cnn"\nlr = 1e6\nepochs = 2\nsubset = 256\nval_size = 500\n'
+        '[robustness]\nimages = 0\n')
+    assert "2 diverged" in out
+    _, children = child_runs(home, "diverge")
     assert len(children) == 2
     for run in children:
         assert run.info.status == "FAILED" and run.data.tags["status"] == "diverged"
@@ -153,18 +161,15 @@ def test_diverged_trials_are_results_not_crashes(data_root, tmp_path, capsys):
 
 
 def test_tuning_study_samples_tracks_and_counts_trials(data_root, tmp_path, capsys):
-    """A [search] study: TPE samples each trial's settings, every trial is a child run with those params, and
+    """A [search] study: the sampler draws each trial's settings, every trial is a child run with those params, and
     n_trials is a total that a re-run does not exceed."""
-    study = tmp_path / "tune.toml"
-    study.write_text('name = "tune_small"\ndescription = "lr search"\nn_trials = 3\nsampler = "random"\n'
-                     '[train]\nvariant = "tutorial_cnn"\nepochs = 1\nsubset = 256\nval_size = 500\n'
-                     '[search.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n'
-                     '[search.batch_size]\ntype = "categorical"\nchoices = [64, 128]\n'
-                     '[robustness]\nimages = 0\n')
-    home = tmp_path / "home"
-    args = ["run", "--study", str(study), "--home", str(home), "--device", "cpu"]
-    assert main(args) == 0
-    assert "3 finished" in capsys.readouterr().out
+    args, home, out = _run_inline_study(
+        tmp_path, capsys, 'name = "tune_small"\ndescription = "lr search"\nn_trials = 3\nsampler = "random"\n'
+        '[train]\nvariant = "tutorial_cnn"\nepochs = 1\nsubset = 256\nval_size = 500\n'
+        '[search.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n'
+        '[search.batch_size]\ntype = "categorical"\nchoices = [64, 128]\n'
+        '[robustness]\nimages = 0\n')
+    assert "3 finished" in out
     _, children = child_runs(home, "tune_small")
     assert len(children) == 3
     for run in children:
@@ -192,16 +197,12 @@ def test_median_pruning_ends_poor_trials_as_pruned_runs(data_root, tmp_path, cap
     """A [search] study with the median pruner: trials whose first-epoch validation accuracy is below the median
     of the finished ones stop early, and their MLflow runs say so (KILLED, status pruned, the epoch and the bar),
     never looking successful; the study counts them as results and a re-run trains nothing more."""
-    study = tmp_path / "prune.toml"
-    study.write_text('name = "prune_small"\ndescription = "lr search with pruning"\nn_trials = 10\n'
-                     'sampler = "random"\npruner = "median"\n'
-                     '[train]\nvariant = "tutorial_cnn"\nepochs = 2\nsubset = 512\nval_size = 500\n'
-                     '[search.lr]\ntype = "float"\nlow = 1e-4\nhigh = 0.5\nlog = true\n'
-                     '[robustness]\nimages = 0\n')
-    home = tmp_path / "home"
-    args = ["run", "--study", str(study), "--home", str(home), "--device", "cpu"]
-    assert main(args) == 0
-    summary = capsys.readouterr().out
+    args, home, summary = _run_inline_study(
+        tmp_path, capsys, 'name = "prune_small"\ndescription = "lr search with pruning"\nn_trials = 10\n'
+        'sampler = "random"\npruner = "median"\n'
+        '[train]\nvariant = "tutorial_cnn"\nepochs = 2\nsubset = 512\nval_size = 500\n'
+        '[search.lr]\ntype = "float"\nlow = 1e-4\nhigh = 0.5\nlog = true\n'
+        '[robustness]\nimages = 0\n')
     _, children = child_runs(home, "prune_small")
     assert len(children) == 10
     pruned = [r for r in children if r.data.tags["status"] == "pruned"]
