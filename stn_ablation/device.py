@@ -33,11 +33,11 @@ def select_device(name: str = "auto") -> torch.device:
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX, Arm's BF16 extension
 
 
-def cpu_flags() -> frozenset[str]:
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The instruction-set flags the kernel lists for this CPU (`flags` on x86, `Features` on Arm); empty where
     /proc/cpuinfo is absent (not Linux), which makes `auto` choose fp32 there."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
         return frozenset()
     for line in text.splitlines():
