@@ -106,6 +106,23 @@ def test_random_crop_matches_padded_window():
         assert torch.equal(out[b], padded[b, :, dy:dy + 32, dx:dx + 32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_standard_is_padded_window_then_mirror(dtype):
+    """"standard" crops and flips in one gather: it must equal the two-step definition (pad, cut the window drawn
+    first, then mirror where the flip bit drawn second is set), image by image, over all 81 offsets."""
+    x = _batch(dtype, b=512)
+    g = _gen(11)
+    offsets = torch.randint(0, 9, (2, 512), generator=g)
+    mirror = torch.rand(512, generator=g) < 0.5
+    out = augment(x, "standard", _gen(11))
+    padded = F.pad(x, (4, 4, 4, 4))
+    for b in range(512):
+        dy, dx = offsets[0, b].item(), offsets[1, b].item()
+        window = padded[b, :, dy:dy + 32, dx:dx + 32]
+        assert torch.equal(out[b], hflip(window) if mirror[b] else window)
+    assert mirror.any() and not mirror.all() and len(set(map(tuple, offsets.T.tolist()))) == 81
+
+
 @pytest.mark.parametrize("kind", RANDOM_KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_same_seed_same_batch_different_seed_different(dtype, kind):
