@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stn_ablation.allocator import keep_freed_memory
 from stn_ablation.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
@@ -107,6 +108,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
     an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
     `precision` (see device.autocast_dtype) changes speed, not what is compared."""
     amp = autocast_dtype(device, precision)
+    if device.type == "cpu":
+        keep_freed_memory()
     model = build_model(cfg, data.in_shape, data.num_classes).to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)

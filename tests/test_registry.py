@@ -203,7 +203,48 @@ def test_dilated_conv_bf16_weight_gradient_matches_fp32():
         conv.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out = conv(x)
+        assert out.is_contiguous(memory_format=torch.channels_last)  # the layers after it stay in one layout
         (out.float() * torch.linspace(0, 1, out.numel()).view(out.shape)).sum().backward()
         grads.append(conv.weight.grad.clone())
     fp32, bf16 = grads
     assert ((bf16 - fp32).norm() / fp32.norm()).item() < 0.01  # bf16 rounding is ~0.3% here; the bug gave inf
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_p_of_the_elements_and_rescales_the_rest(layout, dtype):
+    """blocks.Dropout draws its own mask on the CPU; it must still be nn.Dropout in distribution: a fraction p of
+    zeros (within 6 standard deviations over 2**20 elements), the rest scaled by 1 / (1 - p), the gradient the
+    same mask, and the input's memory layout kept."""
+    from stn_ablation.variants.blocks import Dropout
+
+    p, shape = 0.05, (64, 16, 32, 32)
+    x = torch.ones(shape, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    out = Dropout(p).train()(x)
+    dropped = (out == 0).double().mean().item()
+    assert abs(dropped - p) < 6 * (p * (1 - p) / out.numel()) ** 0.5
+    kept = out[out != 0]
+    assert torch.equal(kept, torch.full_like(kept, 1 / (1 - p)))
+    out.backward(torch.ones_like(out))
+    assert torch.equal(x.grad, out.detach())
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    per_channel = (out == 0).double().mean((0, 2, 3))  # one mask per element, not per channel or image
+    assert per_channel.min().item() > 0.03 and per_channel.max().item() < 0.07
+
+
+def test_dropout_follows_the_global_seed_and_is_off_in_eval():
+    from stn_ablation.variants.blocks import Dropout
+
+    x = torch.randn(8, 4, 16, 16)
+    masks = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        masks.append(Dropout(0.5).train()(x) == 0)
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+    assert Dropout(0.5).eval()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
