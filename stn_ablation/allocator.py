@@ -4,8 +4,9 @@ Every step allocates and frees the same activations, several megabytes each. gli
 large with fresh `mmap` pages, or hand the freed top of the heap back to the kernel, so the next step touches new
 pages: about 8,000 minor page faults a step for loc3_cnn at batch 128 on 2 cores, 25-30 ms of kernel time in a
 ~450 ms step. Raising the mmap threshold to glibc's maximum and the trim threshold above a step's working set
-brings that to 0-600 a step. (PyTorch's CPU performance guide reaches the same end by preloading jemalloc or
-tcmalloc, which needs a package and a re-exec.)
+stops it: once the heap has grown to a step's peak (a few steps, as fragmentation settles), a step faults 0 times.
+(PyTorch's CPU performance guide reaches the same end by preloading jemalloc or tcmalloc, which needs a package
+and a re-exec.)
 """
 
 from __future__ import annotations
