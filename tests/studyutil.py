@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import optuna
 from mlflow.tracking import MlflowClient
 
-from stn_ablation.studyfile import STUDIES_DIR
+from stn_ablation.studyfile import STUDIES_DIR, load_study
 
 
 def shrunk_study(tmp_path: Path, name: str = "quick", images: int = 100) -> Path:
@@ -39,6 +41,15 @@ def child_runs(home: Path, study: str) -> tuple[list, list]:
     parents = [r for r in runs if r.data.tags.get("phase") == "study"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return parents, children
+
+
+def journal_trials(home: Path, study: Path, **overrides: Any) -> list[optuna.trial.FrozenTrial]:
+    """Every Optuna trial of `study`, run with the command-line `overrides` (they are part of the study's storage
+    name), in the state folder's embedded (journal file) storage."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(home / "optuna.journal")))
+    name = load_study(str(study), **overrides).storage_name
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
 def steps(home: Path, run_id: str, metric: str = "train_loss") -> list[int]:

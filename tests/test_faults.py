@@ -10,8 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.faults import FAULT_ENV
-from stn_ablation.studyfile import load_study
-from tests.studyutil import child_runs, cli, steps
+from tests.studyutil import child_runs, cli, journal_trials, steps
 
 STUDY = '''name = "faults"
 description = "the quick grid, shrunk for fault injection"
@@ -52,10 +51,7 @@ def test_kill_at_six_moments_loses_nothing(data_root, tmp_path):
     final = cli(home, *args, OMP_NUM_THREADS="2")
     assert final.returncode == 0, final.stderr
 
-    spec = load_study(str(study))
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(home / "optuna.journal")))
-    trials = optuna.load_study(study_name=spec.storage_name, storage=storage).get_trials()
+    trials = journal_trials(home, study)
     complete = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(complete) == sorted(set(complete)) and len(complete) == 8
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.studyfile import load_study
-from tests.studyutil import child_runs, cli, shrunk_study, steps
+from tests.studyutil import child_runs, cli, journal_trials, shrunk_study, steps
 
 
 def _postgres_url() -> str:
@@ -47,9 +47,10 @@ def test_three_workers_run_each_cell_exactly_once(data_root, tmp_path, backend):
     assert [w.returncode for w in workers] == [0, 0, 0], outputs
     assert not any("database is locked" in out for out in outputs), outputs
 
-    storage = url if backend == "postgresql" else optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(home / "optuna.journal")))
-    trials = optuna.load_study(study_name=spec.storage_name, storage=storage).get_trials()
+    if backend == "postgresql":
+        trials = optuna.load_study(study_name=spec.storage_name, storage=url).get_trials()
+    else:
+        trials = journal_trials(home, study, epochs=1, subset=256)
     cells = sorted(t.user_attrs["cell"] for t in trials)
     assert len(trials) == len(spec.cells()) == 8 and len(set(cells)) == 8, cells
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
