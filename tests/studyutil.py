@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
 
-from stn_ablation.studyfile import STUDIES_DIR, load_study
+from stn_ablation.paths import StateHome
+from stn_ablation.storage import open_storage
+from stn_ablation.studyfile import STUDIES_DIR, StudySpec
 
 
 def shrunk_study(tmp_path: Path, name: str = "quick", images: int = 100) -> Path:
@@ -43,13 +44,11 @@ def child_runs(home: Path, study: str) -> tuple[list, list]:
     return parents, children
 
 
-def journal_trials(home: Path, study: Path, **overrides: Any) -> list[optuna.trial.FrozenTrial]:
-    """Every Optuna trial of `study`, run with the command-line `overrides` (they are part of the study's storage
-    name), in the state folder's embedded (journal file) storage."""
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(home / "optuna.journal")))
-    name = load_study(str(study), **overrides).storage_name
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
+def study_trials(home: Path, spec: StudySpec, storage_url: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Every Optuna trial of the study `spec` (loaded with the run's overrides, which are part of its storage name),
+    read through the storage `run` opens: `storage_url`, or the state folder's journal by default."""
+    storage, _ = open_storage(storage_url, StateHome(home), spec.storage_name)
+    return optuna.load_study(study_name=spec.storage_name, storage=storage).get_trials()
 
 
 def steps(home: Path, run_id: str, metric: str = "train_loss") -> list[int]:

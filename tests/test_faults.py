@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.faults import FAULT_ENV
-from tests.studyutil import child_runs, cli, journal_trials, steps
+from stn_ablation.studyfile import load_study
+from tests.studyutil import child_runs, cli, steps, study_trials
 
 STUDY = '''name = "faults"
 description = "the quick grid, shrunk for fault injection"
@@ -51,7 +52,7 @@ def test_kill_at_six_moments_loses_nothing(data_root, tmp_path):
     final = cli(home, *args, OMP_NUM_THREADS="2")
     assert final.returncode == 0, final.stderr
 
-    trials = journal_trials(home, study)
+    trials = study_trials(home, load_study(str(study)))
     complete = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(complete) == sorted(set(complete)) and len(complete) == 8
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.studyfile import load_study
-from tests.studyutil import child_runs, cli, journal_trials, shrunk_study, steps
+from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 
 def _postgres_url() -> str:
@@ -33,8 +33,8 @@ def test_three_workers_run_each_cell_exactly_once(data_root, tmp_path, backend):
     overrides = ["--epochs", "1", "--subset", "256", "--device", "cpu"]
     spec = load_study(str(study), epochs=1, subset=256)
     storage_args: list[str] = []
-    if backend == "postgresql":
-        url = _postgres_url()
+    url = _postgres_url() if backend == "postgresql" else None  # None: the state folder's journal
+    if url:
         try:
             optuna.delete_study(study_name=spec.storage_name, storage=url)
         except KeyError:
@@ -47,10 +47,7 @@ def test_three_workers_run_each_cell_exactly_once(data_root, tmp_path, backend):
     assert [w.returncode for w in workers] == [0, 0, 0], outputs
     assert not any("database is locked" in out for out in outputs), outputs
 
-    if backend == "postgresql":
-        trials = optuna.load_study(study_name=spec.storage_name, storage=url).get_trials()
-    else:
-        trials = journal_trials(home, study, epochs=1, subset=256)
+    trials = study_trials(home, spec, url)
     cells = sorted(t.user_attrs["cell"] for t in trials)
     assert len(trials) == len(spec.cells()) == 8 and len(set(cells)) == 8, cells
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -98,7 +95,7 @@ def test_postgresql_stopping_mid_study_fails_cleanly_and_a_rerun_resumes(data_ro
 
     again = cli(home, *args)
     assert again.returncode == 0, again.stderr
-    trials = optuna.load_study(study_name=spec.storage_name, storage=url).get_trials()
+    trials = study_trials(home, spec, url)
     complete = sorted(t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert complete == ["seed=0", "seed=1"]
     _, children = child_runs(home, "outage")

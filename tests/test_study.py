@@ -14,7 +14,7 @@ import pytest
 
 from stn_ablation.cli import main
 from stn_ablation.studyfile import StudyFileError, list_studies, load_study
-from tests.studyutil import child_runs, cli, journal_trials, shrunk_study, steps
+from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
 
@@ -56,9 +56,10 @@ def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsy
             assert "theta/identity_dist_mean" in run.data.metrics
     assert parents[0].info.status == "FINISHED"
 
-    assert len(journal_trials(home, study, epochs=2, subset=512)) == 8
+    spec = load_study(str(study), epochs=2, subset=512)
+    assert len(study_trials(home, spec)) == 8
     assert main(args) == 0
-    assert len(journal_trials(home, study, epochs=2, subset=512)) == 8 and len(child_runs(home, "quick")[1]) == 8
+    assert len(study_trials(home, spec)) == 8 and len(child_runs(home, "quick")[1]) == 8
 
 
 def test_killed_worker_resumes_in_the_same_run(data_root, tmp_path):
