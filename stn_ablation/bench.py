@@ -109,7 +109,7 @@ def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> RawDataset:
     labels = lambda n: torch.randint(0, 10, (n,), generator=g)  # noqa: E731
     return RawDataset("cifar10", images(n_train), labels(n_train), images(n_test), labels(n_test),
                       tuple(f"class{i}" for i in range(10)),
-                      "synthetic CIFAR-10-shaped data: uniform random uint8 pixels and labels")
+                      "synthetic CIFAR-10-shaped data: uniform random uint8 pixels and labels", "synthetic")
 
 
 def measure_variant(name: str, raw: RawDataset, pool: DataSplits, aug: str, batch_size: int, device: torch.device,

@@ -55,6 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
     p.add_argument("--out", help="output folder; default reports/STUDY")
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="format of the tables")
+    p.add_argument("--numerics", help="report only the runs of one device/precision, e.g. cpu/bfloat16 (a study "
+                                      "whose runs mix them is refused otherwise)")
 
     p = sub.add_parser("bench", help="training/evaluation throughput of the trainer vs a tutorial-style pipeline")
     p.add_argument("--variant", action="append", help="variant to measure (repeatable); default: all four")
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     args.argv = argv
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress line per trial is ours
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its loggers' level when imported
     logging.basicConfig(level=logging.INFO, format="stn-ablate: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -150,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     home = StateHome.resolve(args.home)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     tracker.check()
-    out = write_report(tracker, args.study, Path(args.out) if args.out else None, args.format)
+    out = write_report(tracker, args.study, Path(args.out) if args.out else None, args.format, args.numerics)
     print(f"report written to {out}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import pickle
 import socket
@@ -59,6 +60,7 @@ class RawDataset:
     test_y: torch.Tensor
     classes: tuple[str, ...]
     provenance: str  # "official" or what differs from the official release
+    source: str  # the folder it was loaded from
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ class DataSplits:
     std: tuple[float, ...]
     mirror_symmetric: bool
     provenance: str
+    name: str  # the dataset, one of SPECS
+    source: str  # the folder it was loaded from
+    digests: dict[str, str]  # split (train, validation, test) -> sha256 prefix of its uint8 images and labels
+
+    @property
+    def official(self) -> bool:
+        return self.provenance == "official"
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -173,11 +182,21 @@ def _load_cifar10(root: Path, download: bool) -> RawDataset:
         "cifar10",
         torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(train.targets),
         torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets),
-        tuple(train.classes), provenance)
+        tuple(train.classes), provenance, str(folder))
+
+
+# md5 of the original uncompressed idx files (torchvision lists the .gz archives' md5s, which differ by re-packing)
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 
 
 def _load_mnist(root: Path, download: bool) -> RawDataset:
     from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import check_integrity
 
     try:
         with _network_timeout(30):
@@ -190,8 +209,15 @@ def _load_mnist(root: Path, download: bool) -> RawDataset:
                         "them and download or unpack them again") from None
     except Exception as e:  # download attempted and failed
         raise _missing(root, "mnist", f"download failed: {e}") from None
+    folder = Path(train.raw_folder)
+    mismatched = [name for name, md5 in MNIST_MD5.items() if not check_integrity(str(folder / name), md5)]
+    if mismatched:
+        log.warning("MNIST at %s: md5 differs from the original files for %s; loading it as a local copy",
+                    folder, ", ".join(mismatched))
+    provenance = "official" if not mismatched else f"local copy, md5 differs from official: {', '.join(mismatched)}"
     return RawDataset("mnist", train.data[:, None].contiguous(), train.targets.long(),
-                      test.data[:, None].contiguous(), test.targets.long(), tuple(train.classes), "official")
+                      test.data[:, None].contiguous(), test.targets.long(), tuple(train.classes), provenance,
+                      str(folder))
 
 
 @contextlib.contextmanager
@@ -231,11 +257,19 @@ def prepare(raw: RawDataset, device: torch.device, *, val_size: int = 5000, subs
     def labels(y: torch.Tensor) -> torch.Tensor:
         return y.to(device, non_blocking=True)
 
+    splits = {"train": (raw.train_x[train_idx], raw.train_y[train_idx]),
+              "validation": (raw.train_x[val_idx], raw.train_y[val_idx]), "test": (raw.test_x, raw.test_y)}
     return DataSplits(
-        normalize(raw.train_x[train_idx]), labels(raw.train_y[train_idx]),
-        normalize(raw.train_x[val_idx]), labels(raw.train_y[val_idx]),
-        normalize(raw.test_x), labels(raw.test_y),
-        raw.classes, spec.mean, spec.std, spec.mirror_symmetric, raw.provenance)
+        *(t for x, y in splits.values() for t in (normalize(x), labels(y))),
+        raw.classes, spec.mean, spec.std, spec.mirror_symmetric, raw.provenance, raw.name, raw.source,
+        {name: _digest(x, y) for name, (x, y) in splits.items()})
+
+
+def _digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """Content hash of a split: equal digests mean the same images with the same labels in the same order."""
+    h = hashlib.sha256(x.contiguous().numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def denormalize(x: torch.Tensor, splits: DataSplits) -> np.ndarray:

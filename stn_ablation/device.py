@@ -64,7 +64,20 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return AUTOCAST_DTYPES[precision]
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> autocast dtype
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The name a run records for its autocast dtype: float32 (no autocast), bfloat16 or float16."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def precision_flag(name: str) -> str:
+    """The --precision value that reproduces a recorded `precision_name` (auto for an unknown one)."""
+    return next((flag for flag, dtype in AUTOCAST_DTYPES.items() if precision_name(dtype) == name), "auto")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

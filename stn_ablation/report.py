@@ -8,6 +8,7 @@ report is the newest run's end time, not the clock. Nothing that did not finish 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 from stn_ablation.errors import UsageError
 from stn_ablation.report_tables import (Table, best_config_table, best_trial_sentence, comparisons, effect_sentence,
-                                        effects_table, issues_table, main_table, robustness_table, theta_sentence,
-                                        theta_table, trials_table)
+                                        effects_table, issues_table, main_table, objective, robustness_table,
+                                        theta_sentence, theta_table, trials_table)
 from stn_ablation.stats import ALPHA, UNDERPOWERED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,8 +88,14 @@ class Study:
 
 # -- reading MLflow ------------------------------------------------------------------------------------------------
 
-def load_study(tracker, name: str) -> Study:
-    """The newest parent run of study `name` and its children; UsageError when the study was never run."""
+def numerics(run: Run) -> str:
+    """Device type and autocast precision, e.g. cpu/bfloat16: runs that differ in it are not pooled."""
+    return f"{run.tags.get('device', '?').split(':')[0]}/{run.tags.get('precision', '?')}"
+
+
+def load_study(tracker, name: str, only: str | None = None) -> Study:
+    """The newest parent run of study `name` and its children; UsageError when the study was never run, or when
+    its finished runs mix device types or precisions and `only` (a `numerics` value) does not pick one."""
     client = tracker.client
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage != "active":
@@ -102,6 +109,13 @@ def load_study(tracker, name: str) -> Study:
     grid = {a: params[f"grid.{a}"].split(",") for a in GRID_AXES if f"grid.{a}" in params}
     runs = [_run(client, r) for r in
             _search(client, experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
+    runs = [r for r in runs if only is None or numerics(r) == only]
+    mixed = Counter(numerics(r) for r in runs if r.status == "finished")
+    if len(mixed) > 1:
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(mixed.items()))
+        raise UsageError(f"study {name!r} has finished runs in more than one device/precision ({counts}); a mean "
+                         f"over them would pool different numerics: pass --numerics {mixed.most_common(1)[0][0]} "
+                         "(or another of them) to report one")
     variants = _ordered({r.variant for r in runs}, grid.get("variant", []))
     augs = _ordered({r.aug for r in runs}, grid.get("aug", []) + list(AUG_ORDER))
     runs.sort(key=lambda r: (variants.index(r.variant), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
@@ -160,15 +174,15 @@ def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:
 
 # -- writing -------------------------------------------------------------------------------------------------------
 
-def write_report(tracker, study: str, out: Path | None, fmt: str) -> Path:
+def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | None = None) -> Path:
     """Write the report of `study` into `out` (default reports/<study>), log it to the study's parent run under
     `report/`, and return the README's path. `fmt`: md (README only), latex (+ tables.tex), csv (+ a CSV per
-    table)."""
+    table). `only`: report just the runs of one device/precision (see `numerics`)."""
     from stn_ablation import figures
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    loaded = load_study(tracker, study)
+    loaded = load_study(tracker, study, only)
     out = Path(out) if out is not None else REPO / "reports" / study
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,12 +289,12 @@ def _tuning(study: Study, md: list[str], add: Callable) -> None:
     md += ["## Trials", "", "A tuning study compares configurations, not seeds: no per-cell means or tests are "
            "computed. The parameter columns are those that differ from the study's base config.", ""]
     add(trials_table(study))
-    finished = [r for r in study.runs if r.status == "finished" and "best_val_acc" in r.metrics]
+    finished = [r for r in study.runs if r.status == "finished" and objective(r) is not None]
     md += ["## Best trial", ""]
     if not finished:
         md += ["No trial has finished yet.", ""]
         return
-    best = min(finished, key=lambda r: (-r.metrics["best_val_acc"], r.trial, r.id))
+    best = min(finished, key=lambda r: (-objective(r), r.trial, r.id))
     md += [best_trial_sentence(best, len(finished)), ""]
     add(best_config_table(best))
 

@@ -168,28 +168,30 @@ def robustness_table(study: Study) -> Table | None:
 
 
 def trials_table(study: Study) -> Table:
-    """A tuning study's trials, best validation accuracy first, with the parameters that were searched."""
+    """A tuning study's trials ranked by `objective`, the value Optuna maximized, with the searched parameters."""
     searched = sorted({k for r in study.runs for k, v in r.params.items() if study.parent_params.get(f"base.{k}") != v})
-    ranked = sorted(study.runs, key=lambda r: (-(_best_val(r) or -math.inf), r.trial, r.id))
-    rows = [[str(r.trial), r.status, _pct(_best_val(r)), _pct(r.metrics.get("final_test_acc")),
-             _num(r.metrics.get("best_epoch"), ".0f"), str(max(r.history.get("val_acc", {}), default="—"))]
+    ranked = sorted(study.runs, key=lambda r: (-(objective(r) or -math.inf), r.trial, r.id))
+    rows = [[str(r.trial), r.status, _pct(objective(r)), _pct(r.metrics.get("final_test_acc")),
+             str(max(r.history.get("val_acc", {}), default="—"))]
             + [_param(r.params.get(k)) for k in searched] + [r.short] for r in ranked]
-    data = [{"trial": r.trial, "status": r.status, "best_val_acc": _best_val(r),
+    data = [{"trial": r.trial, "status": r.status, "val_acc_last_epoch": objective(r),
              "final_test_acc": r.metrics.get("final_test_acc"), **{k: r.params.get(k) for k in searched},
              "run_id": r.id} for r in ranked]
-    return Table("table_trials", "Trials, best validation accuracy first (a trial that did not finish: the best "
-                 "epoch it reached)", ["trial", "status", "best val acc", "test acc", "best epoch", "epochs run"]
-                 + searched + ["run"], rows, data)
+    return Table("table_trials", "Trials ranked by validation accuracy after the last epoch run, the value Optuna "
+                 "maximized (a pruned trial: after the epoch it was stopped at)",
+                 ["trial", "status", "val acc", "test acc", "epochs run"] + searched + ["run"], rows, data)
+
+
+def objective(run: Run) -> float | None:
+    """What a tuning study maximizes and its report ranks by: validation accuracy after the run's last epoch."""
+    history = run.history.get("val_acc", {})
+    return run.metrics.get("final_val_acc", history[max(history)] if history else None)
 
 
 def best_config_table(best: Run) -> Table:
     """A tuning study's best trial's parameters, to copy into a grid study that confirms them with fresh seeds."""
     return Table("table_best_config", "Best trial's config", ["field", "value"],
                  [[k, v] for k, v in sorted(best.params.items())], [dict(sorted(best.params.items()))])
-
-
-def _best_val(run: Run) -> float | None:
-    return run.metrics.get("best_val_acc", max(run.history.get("val_acc", {}).values(), default=None))
 
 
 def _mean(runs: list[Run], key: str) -> float | None:
@@ -249,9 +251,9 @@ def theta_sentence(row: dict[str, Any], dataset: str) -> str:
 def best_trial_sentence(best: Run, finished: int) -> str:
     """What a tuning study's best trial (of `finished` finished trials) shows, and why its test accuracy is not yet
     an estimate."""
-    return (f"Trial {best.trial} (run `{best.id}`) reached the best validation accuracy, "
-            f"{_pct(best.metrics['best_val_acc'])} at epoch {_num(best.metrics.get('best_epoch'), '.0f')}, of "
-            f"{finished} finished trials. Its test accuracy, {_pct(best.metrics.get('final_test_acc'))}, is "
+    return (f"Trial {best.trial} (run `{best.id}`) reached the highest validation accuracy after its last epoch "
+            f"(the value Optuna maximized), {_pct(objective(best))}, of {finished} finished trials. "
+            f"Its test accuracy, {_pct(best.metrics.get('final_test_acc'))}, is "
             f"optimistic because it was picked as the best of {finished}: it is an estimate only after this "
             "config is confirmed with fresh seeds (put the values below in a grid study's `[train]` table with, "
             "e.g., `seed = [1, 2, 3, 4, 5]`).")

@@ -14,11 +14,11 @@ import torch.nn as nn
 from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data import DataSplits
-from stn_ablation.device import autocast_dtype
-from stn_ablation.evaluate import per_class_accuracy
+from stn_ablation.device import autocast_dtype, precision_name
+from stn_ablation.evaluate import score
 from stn_ablation.registry import get_variant
 from stn_ablation.robustness import sweep_accuracy, theta_stats
-from stn_ablation.tracking import Tracker
+from stn_ablation.tracking import DatasetRecord, Tracker
 from stn_ablation.train import EpochHook, EpochStats, StopRun, TrainResult, train
 
 
@@ -55,14 +55,14 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
     run as pruned and propagates; so does any other error, closing it as failed. A finished run is then evaluated
     under the `robustness` sweeps."""
     run_id = tracker.open_run(
-        experiment_id, key, run_name, parent_run_id=parent_run_id, params=cfg.as_dict(),
+        experiment_id, key, run_name, parent_run_id=parent_run_id, params=_params(cfg),
         reuse_finished=reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
-              "precision": str(autocast_dtype(device, precision) or torch.float32).removeprefix("torch."),
-              **(tags or {})})
+              "precision": precision_name(autocast_dtype(device, precision)), **(tags or {})})
     if on_start:
         on_start(run_id)
+    tracker.log_datasets(run_id, dataset_records(data))
     resumed = checkpointed_history(checkpoint)
     tracker.log_epochs(run_id, resumed)  # fills what a kill between checkpoint and logging left out
     if resumed:
@@ -83,8 +83,9 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
 
     start = time.perf_counter()
     try:
-        result = train(cfg, data, device, checkpoint=checkpoint, on_epoch=_chain(record, progress, *hooks),
-                       precision=precision)
+        with tracker.system_metrics(run_id, resumed=bool(resumed)):
+            result = train(cfg, data, device, checkpoint=checkpoint, on_epoch=_chain(record, progress, *hooks),
+                           precision=precision)
     except StopRun as e:
         tracker.end_run(run_id, "pruned", str(e))
         raise
@@ -99,26 +100,44 @@ def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracke
 
 def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits, seconds: float,
             robustness: RobustnessConfig, precision: str) -> None:
-    """Final metrics, robustness sweeps and artifacts, then close the run with the trainer's status."""
+    """Final metrics, robustness sweeps and artifacts, then close the run with the trainer's status. Safe to run
+    twice (a worker killed before closing the run finishes it again on the re-run): every metric is logged once."""
     model, cfg = result.model, result.config
     history = result.history
     final = {"n_params": sum(p.numel() for p in model.parameters()), "wall_seconds_this_process": seconds}
     if history:
         best = history[result.best_epoch - 1]
-        final.update(final_test_acc=result.test_acc, best_epoch=result.best_epoch, best_val_acc=best.val_acc,
+        final.update(final_test_acc=result.test_acc, final_val_acc=history[-1].val_acc,
+                     best_epoch=result.best_epoch, best_val_acc=best.val_acc,
                      train_seconds=sum(s.seconds for s in history),
                      mean_images_per_s=sum(s.images_per_s for s in history) / len(history))
-    tracker.log_metrics(run_id, {k: v for k, v in final.items() if math.isfinite(v)}, step=len(history))
+    tracker.log_metrics_once(run_id, {k: v for k, v in final.items() if math.isfinite(v)}, step=len(history))
     tracker.log_dict(run_id, cfg.as_dict(), "config.json")
     if result.status == "finished":
-        classes = per_class_accuracy(model, data.test_x, data.test_y, data.num_classes, cfg.eval_batch_size)
-        tracker.log_dict(run_id, dict(zip(data.classes, classes)), "per_class_test_acc.json")
         amp = autocast_dtype(data.test_x.device, precision)
-        tracker.log_metrics(run_id, {
+        test = score(model, data.test_x, data.test_y, data.num_classes, cfg.eval_batch_size, amp)
+        tracker.log_dict(run_id, dict(zip(data.classes, test.per_class())), "per_class_test_acc.json")
+        tracker.log_metrics_once(run_id, {
             **sweep_accuracy(model, data.test_x, data.test_y, robustness, cfg.eval_batch_size, amp),
             **theta_stats(model, data.test_x, cfg.eval_batch_size)})
-        tracker.log_state_dict(run_id, {k: v.cpu() for k, v in model.state_dict().items()}, "model/state_dict.pt")
+        tracker.log_model(run_id, model, data.test_x[:2])
     tracker.end_run(run_id, result.status, result.reason)
+
+
+def dataset_records(data: DataSplits) -> list[DatasetRecord]:
+    """The splits a run reads, with their content digests, for MLflow's dataset inputs (an empty validation split,
+    val_size = 0, is left out)."""
+    sizes = {"train": len(data.train_y), "validation": len(data.val_y), "test": len(data.test_y)}
+    return [DatasetRecord(f"{data.name}-{split}", split, data.digests[split], data.source, rows, data.official)
+            for split, rows in sizes.items() if rows]
+
+
+def _params(cfg: TrainConfig) -> dict:
+    """The config as MLflow params; a model without a transformer has no localization-net rate to log."""
+    params = cfg.as_dict()
+    if get_variant(cfg.variant).twin is None:
+        params.pop("loc_lr_mult")
+    return params
 
 
 def checkpointed_history(path: Path) -> list[EpochStats]:

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from stn_ablation.checkpoint import CheckpointError
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataError, DataSplits, load_dataset, prepare
+from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
@@ -69,19 +70,25 @@ class Worker:
         with self.lock():
             self.study = optuna.create_study(
                 study_name=spec.storage_name, storage=storage, direction="maximize", load_if_exists=True,
-                sampler=_sampler(spec), pruner=_pruner(spec))
+                sampler=_sampler(spec, 0), pruner=_pruner(spec))
+            self.study.set_metric_names([spec.metric])
             self.experiment = self.tracker.experiment(spec.name)
             self.parent = self._open_parent()
-        while (trial := self._claim()) is not None:
-            self._run_trial(trial)
+            self.study.set_user_attr("mlflow_experiment_id", self.experiment)
+            self.study.set_user_attr("mlflow_parent_run_id", self.parent)
+            self.study.set_user_attr("mlflow_tracking_uri", self.tracker.uri)
+        while (claimed := self._claim()) is not None:
+            self._run_trial(*claimed)
             fault_point("between_trials")
         self._close_parent()
         return self.study
 
     # -- claiming -------------------------------------------------------------------------------------------
 
-    def _claim(self) -> optuna.Trial | None:
-        """Under the lock: fail trials whose worker is gone, queue what is missing, pop one trial."""
+    def _claim(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
+        """Under the lock: fail trials whose worker is gone, queue what is missing, pop one trial and draw its
+        parameters. Drawing under the lock, from a sampler seeded by the trial's number, means two workers never
+        propose from the same state, and a study run by one process in one go is reproducible."""
         with self.lock():
             trials = self.study.get_trials(deepcopy=False)
             self._fail_orphans(trials)
@@ -102,10 +109,11 @@ class Worker:
                 has_waiting = has_waiting or len(counted) < self.spec.n_trials
             if not has_waiting:
                 return None
+            self.study.sampler = _sampler(self.spec, len(trials))
             trial = self.study.ask()
             trial.set_user_attr("owner", self.owner)
             trial.set_user_attr("heartbeat", time.time())
-            return trial
+            return trial, self._suggest(trial)
 
     def _fail_orphans(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         """Running trials whose worker is gone become failed; a tuning trial's parameters are queued again."""
@@ -117,26 +125,26 @@ class Worker:
             storage.set_trial_user_attr(t._trial_id, "reason", f"worker {t.user_attrs.get('owner')} is gone")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             log.info("trial %d lost its worker; queued again", t.number)
-            if self.spec.search:
-                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            if self.spec.search:  # the retry continues the same run and checkpoint: it has the same origin
+                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": _origin(t)})
 
     # -- running --------------------------------------------------------------------------------------------
 
-    def _run_trial(self, trial: optuna.Trial) -> None:
+    def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         spec = self.spec
-        params = self._suggest(trial)
         cfg = spec.config(params)
-        key = f"{spec.storage_name}:{cfg.digest()}"
+        # A grid cell is its config; a tuning trial is itself (two trials may draw the same parameters) or, for a
+        # retry after a lost worker, the trial it continues.
+        key = f"{spec.storage_name}:{cfg.digest()}" if spec.grid else f"{spec.storage_name}:trial-{_origin(trial)}"
+        trial.set_user_attr("origin", _origin(trial))
         cell = trial.user_attrs.get("cell") or key
         index = _cell_index(spec, params, trial)
         storage = self.study._storage
         beat = Heartbeat(lambda: storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()))
         checkpoint = self.home.checkpoint(key.replace(":", "-"))
-        hooks = []
-        if spec.search and spec.pruner != "none":
-            for stats in checkpointed_history(checkpoint):  # a resumed trial re-reports what its checkpoint holds
-                trial.report(stats.val_acc, stats.epoch)
-            hooks.append(_pruning_hook(trial))
+        for stats in checkpointed_history(checkpoint):  # a resumed trial re-reports what its checkpoint holds
+            trial.report(getattr(stats, spec.metric), stats.epoch)
+        hooks = [_reporting_hook(trial, spec.metric, prune=bool(spec.search) and spec.pruner != "none")]
         label = f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}"
         with beat:
             try:
@@ -220,10 +228,35 @@ class Worker:
             ended = {t.user_attrs.get("cell") for t in trials if t.user_attrs.get("status") in RESULT_STATUSES}
             complete = all(cell_key(c) in ended for c in self.spec.cells()) if self.spec.grid else \
                 len([t for t in trials if t.user_attrs.get("status") in RESULT_STATUSES]) >= self.spec.n_trials
+            self.tracker.log_metrics(self.parent, study_summary(self.tracker, self.spec, trials), step=len(trials))
             if complete:
                 self.tracker.end_run(self.parent, "finished")
             else:
                 self.tracker.client.update_run(self.parent, status="FAILED")
+
+
+def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
+    """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
+    and, for each transformer against its twin, the mean paired difference of final test accuracy in points with
+    its 95% interval (the report's numbers, from the same code)."""
+    from stn_ablation.report import load_study
+    from stn_ablation.report_tables import comparisons
+
+    statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in trials]
+    summary = {f"trials_{s}": float(statuses.count(s)) for s in ("finished", "diverged", "pruned", "failed")}
+    try:
+        study = load_study(tracker, spec.name)
+    except UsageError:  # runs in several precisions: the report says how to pick one
+        return summary
+    for c in comparisons(study):
+        if c.a[0] == c.b[0]:  # an augmentation comparison, not a transformer's
+            continue
+        name = f"stn_effect_pts/{c.a[0]}/{c.a[1]}"
+        d = c.test.diff
+        summary.update({f"{name}/mean": 100 * d.mean, f"{name}/n": float(c.test.n)})
+        if d.half_width is not None:
+            summary.update({f"{name}/ci_low": 100 * d.low, f"{name}/ci_high": 100 * d.high})
+    return {k: v for k, v in summary.items() if math.isfinite(v)}
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -231,16 +264,17 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 
 def summarize(study: optuna.Study, spec: StudySpec) -> str:
-    """One line per trial: cell, status, validation and test accuracy; then counts by status."""
+    """One line per trial: cell, status, the study's metric (the Optuna value) and test accuracy; then counts by
+    status."""
     lines, counts = [], {}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         status = t.user_attrs.get("status", t.state.name.lower())
         counts[status] = counts.get(status, 0) + 1
         name = t.user_attrs.get("cell") or ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                        for k, v in t.params.items())
-        val = f"val {t.value:.4f}" if t.value is not None else ""
-        test = f"test {t.user_attrs['test_acc']:.4f}" if "test_acc" in t.user_attrs else ""
-        lines.append(f"  #{t.number:<3} {name:<48} {status:<9} {val:<11} {test}".rstrip())
+        value = f"{spec.metric} {t.value:.4f}" if t.value is not None and spec.metric != "test_acc" else ""
+        test = f"test_acc {t.user_attrs['test_acc']:.4f}" if "test_acc" in t.user_attrs else ""
+        lines.append(f"  #{t.number:<3} {name:<48} {status:<9} {value:<15} {test}".rstrip())
     total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"study {spec.name} ({spec.storage_name}): {total}\n" + "\n".join(lines)
 
@@ -258,20 +292,32 @@ def _value(result: TrainResult, metric: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _pruning_hook(trial: optuna.Trial):
-    """Report validation accuracy each epoch; stop the run when the pruner says so."""
+def _reporting_hook(trial: optuna.Trial, metric: str, prune: bool):
+    """Report the study's metric each epoch (Optuna's intermediate values, its dashboard's curves); with `prune`,
+    stop the run when the pruner says so."""
 
     def hook(stats, model) -> None:
-        trial.report(stats.val_acc, stats.epoch)
-        if trial.should_prune():
-            raise StopRun(f"pruned at epoch {stats.epoch}: val_acc {stats.val_acc:.4f} is below the pruner's bar")
+        value = getattr(stats, metric)
+        if not math.isnan(value):
+            trial.report(value, stats.epoch)
+        if prune and trial.should_prune():
+            raise StopRun(f"pruned at epoch {stats.epoch}: {metric} {value:.4f} is below the pruner's bar")
     return hook
 
 
-def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def _origin(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The number of the trial whose run and checkpoint this trial continues: its own, or its retried trial's."""
+    return trial.user_attrs.get("origin", trial.number)
+
+
+SAMPLER_SEED = 0  # a study's n-th trial is drawn from a sampler seeded SAMPLER_SEED + n
+
+
+def _sampler(spec: StudySpec, trial_number: int) -> optuna.samplers.BaseSampler:
+    seed = SAMPLER_SEED + trial_number
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=0)
-    return optuna.samplers.TPESampler(seed=0, n_startup_trials=min(10, max(1, spec.n_trials // 3)))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, spec.n_trials // 3)))
 
 
 def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

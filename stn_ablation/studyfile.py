@@ -53,7 +53,8 @@ class StudySpec:
     n_trials: int  # grid: number of cells; tuning: total trials across all workers
     sampler: str
     pruner: str
-    metric: str  # trial value reported to Optuna (val_acc for tuning: the test set is never looked at)
+    metric: str  # the Optuna value: val_acc, or test_acc for a grid study without a validation split (recorded
+    # under its own name; a grid study selects nothing, and a tuning study may not use it)
     robustness: RobustnessConfig  # distortion sweeps run after each finished trial
 
     @property
@@ -161,6 +162,9 @@ def _parse(path: Path, doc: dict[str, Any], sha: str, overrides: dict[str, Any])
             raise fail(key, f"{value!r} is not allowed; choose one of {', '.join(allowed)}")
     if search and metric == "test_acc":
         raise fail("metric", "a tuning study optimizes val_acc: the test set is for final numbers only")
+    if metric == "val_acc" and base.val_size == 0:
+        raise fail("metric", 'there is no validation split (val_size = 0): set metric = "test_acc" (a grid study '
+                             "only records it, nothing is chosen by it) or keep a validation split")
     robustness = doc.get("robustness", {})
     allowed_sweeps = {f.name for f in dataclasses.fields(RobustnessConfig)}
     if not isinstance(robustness, dict) or set(robustness) - allowed_sweeps:

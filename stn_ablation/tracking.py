@@ -3,14 +3,17 @@ through mlflow's global active run, so that trials in several processes can nest
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import logging
 import math
 import subprocess
 import tempfile
 import urllib.request
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -20,8 +23,21 @@ from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
 from stn_ablation.locks import file_lock
 
+SYSTEM_METRICS_SECONDS = 10  # sampling interval of MLflow's system metrics monitor
 KEY_TAG = "stn.key"  # identifies one unit of work (a config, a study cell) across re-runs of the same command
 PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One split a run reads, as MLflow's dataset input records it."""
+
+    name: str  # e.g. "cifar10-train"
+    context: str  # train | validation | test
+    digest: str  # of the split's images and labels
+    source: str  # where the data was loaded from
+    rows: int
+    official: bool  # md5s equal the official release's
 
 
 class TrackingError(UsageError):
@@ -115,6 +131,65 @@ class Tracker:
     def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), _now_ms(), step) for k, v in values.items()])
 
+    def log_metrics_once(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        """Log each metric unless it already has a value at `step`: finishing a run twice (a worker killed after
+        its final metrics, then re-run) leaves one value per key and step."""
+        present = self.client.get_run(run_id).data.metrics
+        logged = {k for k in values if k in present
+                  and any(m.step == step for m in self.client.get_metric_history(run_id, k))}
+        fresh = {k: v for k, v in values.items() if k not in logged}
+        for i in range(0, len(fresh), 1000):  # MLflow's batch limit
+            self.log_metrics(run_id, dict(list(fresh.items())[i:i + 1000]), step)
+
+    def log_datasets(self, run_id: str, datasets: Iterable[DatasetRecord]) -> None:
+        """The data a run read, as MLflow dataset inputs (the run page's "Datasets" column); logged once per run."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if self.client.get_run(run_id).inputs.dataset_inputs:
+            return
+        self.client.log_inputs(run_id, [
+            DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
+                                 profile=json.dumps({"num_rows": d.rows, "official_release": d.official})),
+                         [InputTag("mlflow.data.context", d.context)])
+            for d in datasets])
+
+    def log_model(self, run_id: str, model, example) -> None:
+        """The trained model as an MLflow PyTorch model under `model/`, with a signature and an input example, so
+        `mlflow.pytorch.load_model("runs:/<id>/model")` returns it (on the CPU, taking normalized images like
+        `example`). Pickled (the classes are the suite's own), saved locally and uploaded as artifacts, which
+        needs no active fluent run; the requirement is pinned rather than inferred (inference imports the model
+        in a subprocess, seconds per run)."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        model, example = copy.deepcopy(model).cpu().eval(), example.float().cpu()  # loadable on any machine
+        with torch.no_grad():
+            x, y = example.numpy(), model(example).numpy()
+        quiet = logging.getLogger("mlflow.pytorch")  # its pickle warning: these are the suite's own classes
+        with tempfile.TemporaryDirectory() as tmp, _level(quiet, logging.ERROR):
+            mlflow.pytorch.save_model(model, f"{tmp}/model", signature=infer_signature(x, y), input_example=x,
+                                      serialization_format="pickle",
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "stn-ablate"])
+            self.client.log_artifacts(run_id, f"{tmp}/model", "model")
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, resumed: bool) -> Iterator[None]:
+        """MLflow's CPU, memory (and GPU, where there is one) sampling while the block runs, as `system/*`
+        metrics of `run_id`; a resumed run continues its step count."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=resumed,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            monitor.collect_metrics()  # a last sample, so a run shorter than the interval has one too
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -130,15 +205,6 @@ class Tracker:
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_path), artifact_path)
 
-    def log_state_dict(self, run_id: str, state_dict: dict, path: str) -> None:
-        """Final weights as a plain `torch.save` file: loadable without MLflow's model flavours."""
-        import torch
-
-        with tempfile.TemporaryDirectory() as tmp:
-            file = Path(tmp) / Path(path).name
-            torch.save(state_dict, file)
-            self.client.log_artifact(run_id, str(file), str(Path(path).parent) if "/" in path else None)
-
     def has_artifact(self, run_id: str, path: str) -> bool:
         return any(f.path == path for f in self.client.list_artifacts(run_id))
 
@@ -148,6 +214,16 @@ class Tracker:
         self.set_tags(run_id, {"status": status, "status_reason": reason[:4000]})
         mlflow_status = {"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, mlflow_status)))
+
+
+@contextlib.contextmanager
+def _level(logger: logging.Logger, level: int) -> Iterator[None]:
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _metric_name(field: str) -> str:

@@ -21,7 +21,7 @@ from stn_ablation.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataSplits
-from stn_ablation.device import autocast, autocast_dtype, channels_last
+from stn_ablation.device import autocast, autocast_dtype, channels_last, precision_flag, precision_name
 from stn_ablation.evaluate import accuracy
 from stn_ablation.faults import fault_point
 from stn_ablation.registry import create_model
@@ -124,10 +124,12 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
     generator = torch.Generator(device).manual_seed(cfg.seed)  # shuffling and augmentation
     history: list[EpochStats] = []
 
+    numerics = {"device": device.type, "precision": precision_name(amp)}  # what a resume must not change
     state = load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
         if state["config_digest"] != cfg.digest():
             raise CheckpointError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --home")
+        _check_numerics(checkpoint, state.get("numerics", {}), numerics)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -151,8 +153,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         rng = _get_rng(generator)
         if checkpoint:
             save_checkpoint({
-                "config_digest": cfg.digest(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "config_digest": cfg.digest(), "numerics": numerics, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "history": [asdict(h) for h in history], "rng": rng}, checkpoint)
         if on_epoch:
             on_epoch(stats, model)
@@ -188,15 +190,28 @@ def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp,
     return loss_sum.item() / steps, hits.item() / seen, seen
 
 
+def _check_numerics(path: Path, saved: dict, now: dict) -> None:
+    """A run continues on the device type and in the precision it started in: a resume that changed them would
+    splice two numerics into one result (and the scaler and RNG states of one do not load into the other)."""
+    if saved != now:
+        device, precision = saved.get("device", "?"), saved.get("precision", "?")
+        raise CheckpointError(
+            f"checkpoint {path} was written on {device} in {precision}, this run is on {now['device']} in "
+            f"{now['precision']}; re-run with --device {device} --precision {precision_flag(precision)}, "
+            "or delete the checkpoint to start this run over")
+
+
 def _get_rng(generator: torch.Generator) -> dict:
+    """The global CPU generator, the run's own generator, and the current CUDA device's generator (dropout on a
+    GPU draws from it); only the device the run uses, so the state loads whatever the number of visible GPUs."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if generator.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(generator.device)
     return rng
 
 
 def _set_rng(rng: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(rng["torch"])
     generator.set_state(rng["generator"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], generator.device)

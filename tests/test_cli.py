@@ -9,8 +9,8 @@ import re
 import urllib.error
 import urllib.request
 
+import mlflow.pytorch
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from stn_ablation import cli
@@ -120,7 +120,8 @@ def test_train_run_artifacts(trained, mlflow_run, tmp_path):
     run_id = run.info.run_id
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.json", "per_class_test_acc.json", "model", "stn"} <= top
-    assert {a.path for a in client.list_artifacts(run_id, "model")} == {"model/state_dict.pt"}
+    assert {"model/MLmodel", "model/data", "model/input_example.json"} <= {
+        a.path for a in client.list_artifacts(run_id, "model")}
     assert {a.path for a in client.list_artifacts(run_id, "stn")} == {"stn/epoch_001.png"}
 
     folder = tmp_path / "artifacts"
@@ -130,8 +131,8 @@ def test_train_run_artifacts(trained, mlflow_run, tmp_path):
     per_class = json.loads(open(f"{local}/per_class_test_acc.json").read())
     assert len(per_class) == 10 and "airplane" in per_class
     assert all(0 <= v <= 1 for v in per_class.values())
-    state = torch.load(f"{local}/model/state_dict.pt", map_location="cpu", weights_only=True)
-    create_model("tutorial_stn").load_state_dict(state)  # complete and loadable without MLflow
+    model = mlflow.pytorch.load_model(f"{local}/model")  # an MLflow PyTorch model with the trained weights
+    create_model("tutorial_stn").load_state_dict(model.state_dict())
     assert open(f"{local}/stn/epoch_001.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

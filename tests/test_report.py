@@ -271,3 +271,38 @@ def test_tuning_study_ranks_trials_and_warns_about_the_best(store):
 def test_unknown_study_is_a_usage_error(store):
     with pytest.raises(UsageError, match="stn-ablate run --study nope"):
         report.write_report(store["tracker"], "nope", store["tmp"] / "nope", "md")
+
+
+def test_best_trial_is_the_one_optuna_maximized(store):
+    """Optuna maximizes validation accuracy after the last epoch; the report ranks by the same number, not by the
+    best epoch's (trial 0 peaked higher at epoch 1 and then fell)."""
+    tracker, base = store["tracker"], TrainConfig(epochs=2)
+    parent = _parent(tracker, "peak", {}, base, n_trials=2)
+    for trial, (peak, last) in enumerate(((0.80, 0.50), (0.70, 0.65))):
+        run = _child(tracker, parent, "peak", base.with_overrides(lr=0.01 * (trial + 1)), trial, None, last,
+                     phase="tune")
+        tracker.client.log_batch(run, metrics=[
+            Metric("val_acc", peak, 0, 1), Metric("val_acc", last, 0, 2), Metric("best_val_acc", peak, 0, 2),
+            Metric("final_val_acc", last, 0, 2), Metric("final_test_acc", last, 0, 2)])
+        tracker.end_run(run, "finished")
+    study = report.load_study(tracker, "peak")
+    assert [row["trial"] for row in report.trials_table(study).data] == [1, 0]
+    text, _ = report.render(study, "md", {})
+    assert "Trial 1 " in text and "65.00%" in text and "the value Optuna maximized" in text
+
+
+def test_runs_of_different_precision_are_not_pooled(store):
+    """A cell mean over bf16 and fp32 runs would mix two numerics: refused in one line, or reported one at a time."""
+    tracker, base = store["tracker"], TrainConfig(epochs=3)
+    parent = _parent(tracker, "mixed", {"variant": "tutorial_cnn", "seed": "0,1"}, base, n_trials=2)
+    for seed, precision in ((0, "bfloat16"), (1, "float32")):
+        run = _child(tracker, parent, "mixed", base.with_overrides(variant="tutorial_cnn", seed=seed), seed,
+                     "finished", 0.6)
+        tracker.set_tags(run, {"precision": precision})
+    with pytest.raises(UsageError) as error:
+        report.load_study(tracker, "mixed")
+    message = str(error.value)
+    assert "\n" not in message and "cpu/bfloat16: 1" in message and "cpu/float32: 1" in message
+    assert "--numerics" in message
+    only = report.load_study(tracker, "mixed", only="cpu/float32")
+    assert [r.seed for r in only.runs] == [1] and only.runs[0].tags["precision"] == "float32"

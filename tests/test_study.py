@@ -180,16 +180,21 @@ def test_tuning_study_samples_tracks_and_counts_trials(data_root, tmp_path, caps
     assert len(child_runs(home, "tune_small")[1]) == 3
 
 
-def test_pruning_hook_stops_the_run_with_its_reason():
-    from stn_ablation.study import _pruning_hook
+@pytest.mark.parametrize("prune", [True, False])
+def test_reporting_hook_reports_every_epoch_and_prunes_only_when_asked(prune):
+    from stn_ablation.study import _reporting_hook
     from stn_ablation.train import EpochStats, StopRun
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     trial = study.ask()
-    hook = _pruning_hook(trial)
+    hook = _reporting_hook(trial, "val_acc", prune=prune)
     hook(EpochStats(1, 1.0, 0.6, 0.6, 0.6, 0.1, 1.0, 1.0), None)  # above the bar: goes on
-    with pytest.raises(StopRun, match="pruned at epoch 2: val_acc 0.3000"):
-        hook(EpochStats(2, 1.0, 0.3, 0.3, 0.3, 0.1, 1.0, 1.0), None)
+    low = EpochStats(2, 1.0, 0.3, 0.3, 0.3, 0.1, 1.0, 1.0)
+    if prune:
+        with pytest.raises(StopRun, match="pruned at epoch 2: val_acc 0.3000"):
+            hook(low, None)
+    else:
+        hook(low, None)  # a grid study's trial runs to the end, its curve still reported
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.6, 2: 0.3}
 
 
