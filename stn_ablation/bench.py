@@ -361,8 +361,8 @@ def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> li
 def _workers_report(aug: str, batch_size: int, device: torch.device, precision: str, seconds: float) -> list[str]:
     cores = _cores()
     half = max(1, cores // 2)
-    one = trials_per_hour(1, cores, seconds, aug, batch_size, device, precision)
-    two = trials_per_hour(2, half, seconds, aug, batch_size, device, precision)
+    one = trials_per_hour(run_workers(1, cores, seconds, aug, batch_size, device, precision))
+    two = trials_per_hour(run_workers(2, half, seconds, aug, batch_size, device, precision))
     variant, n_train, n_eval = TRIAL
     return ["", f"worker processes: a trial = {variant}, 1 epoch on {n_train} synthetic images, then "
                 f"{n_eval} validation + {n_eval} test images evaluated; aug {aug}, batch size {batch_size}; "
@@ -379,10 +379,23 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def trials_per_hour(processes: int, threads: int, seconds: float, aug: str, batch_size: int,
-                    device: torch.device, precision: str, trial: tuple[str, int, int] = TRIAL) -> float:
+@dataclass(frozen=True)
+class WorkerTrials:
+    """What one trial_worker process measured: `trials` whole trials in its timed window of `seconds`."""
+
+    trials: int
+    seconds: float
+
+
+def trials_per_hour(workers: list[WorkerTrials]) -> float:
+    """The processes' combined rate: the sum of each one's trials per hour of its own timed window."""
+    return sum(3600 * w.trials / w.seconds for w in workers)
+
+
+def run_workers(processes: int, threads: int, seconds: float, aug: str, batch_size: int, device: torch.device,
+                precision: str, trial: tuple[str, int, int] = TRIAL) -> list[WorkerTrials]:
     """Run `processes` concurrent trial_worker processes of `threads` threads each, started together after their
-    warm-up; the sum of their trials/hour. `trial` is (variant, training images, validation = test images)."""
+    warm-up; what each measured. `trial` is (variant, training images, validation = test images)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -410,7 +423,7 @@ def trials_per_hour(processes: int, threads: int, seconds: float, aug: str, batc
                 p.kill()
         for err in errs:
             err.close()
-    return sum(3600 * d["trials"] / d["seconds"] for d in done)
+    return [WorkerTrials(**d) for d in done]
 
 
 def _failed(process: subprocess.Popen, stderr) -> None:
