@@ -125,3 +125,13 @@ def test_each_worker_process_times_whole_trials_for_the_asked_seconds():
     assert len(workers) == 2
     for w in workers:
         assert w.trials >= 1 and 1.0 <= w.seconds <= wall, (w, wall)
+
+
+@pytest.mark.parametrize("cores, workers", [(16, 4), (4, 4), (2, 2), (1, 1)])
+def test_reference_loader_has_the_tutorials_four_workers_up_to_the_cores(monkeypatch, cores, workers):
+    from stn_ablation import reference
+
+    monkeypatch.setattr(reference, "usable_cores", lambda: cores)
+    images, labels = torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
+    loader = reference.tutorial_loader(images, labels, "none", (0.5,) * 3, (0.5,) * 3, train=True)
+    assert loader.num_workers == workers
