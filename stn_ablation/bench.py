@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataSplits, RawDataset, load_dataset, prepare, split_indices
-from stn_ablation.device import autocast_dtype, cpu_has_native_bf16
+from stn_ablation.device import autocast_dtype, cpu_has_native_bf16, usable_cores
 from stn_ablation.errors import ConfigError
 from stn_ablation.evaluate import predict
 from stn_ablation.registry import create_model, get_variant
@@ -307,13 +307,13 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
         "trainer: stn_ablation.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
         "evaluate.predict",
         f"reference: tutorial-style PIL + transforms.Compose, DataLoader(batch_size={reference.TUTORIAL_BATCH}, "
-        f"num_workers={reference.TUTORIAL_WORKERS}), SGD, loss.item() every step; same model, in fp32 and NCHW as "
+        f"num_workers={reference.loader_workers()}), SGD, loss.item() every step; same model, in fp32 and NCHW as "
         "the tutorial; timed from its first batch (worker start-up not charged)",
         f"rounds: {plan.rounds} interleaved (trainer, reference) per variant, ~{plan.train_s:.1f} s training + "
         f"~{plan.eval_s:.1f} s evaluation each; images/s are medians over rounds, spread = (max - min) / median",
         f"matmul peak (torch.mm, best repeat): {peak_text}",
         "other processes: " + ("unknown (no /proc/stat)" if others is None else
-                               f"kept {others:.2f} of {_cores()} cores busy on average while this ran"
+                               f"kept {others:.2f} of {usable_cores()} cores busy on average while this ran"
                                + (" -- THEY COMPETED FOR THE CPU: the numbers are indicative" if others > 0.2 else "")),
         "",
     ]
@@ -359,10 +359,10 @@ def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> li
 
 
 def _workers_report(aug: str, batch_size: int, device: torch.device, precision: str, seconds: float) -> list[str]:
-    cores = _cores()
+    cores = usable_cores()
     half = max(1, cores // 2)
-    one = trials_per_hour(1, cores, seconds, aug, batch_size, device, precision)
-    two = trials_per_hour(2, half, seconds, aug, batch_size, device, precision)
+    one = trials_per_hour(run_workers(1, cores, seconds, aug, batch_size, device, precision))
+    two = trials_per_hour(run_workers(2, half, seconds, aug, batch_size, device, precision))
     variant, n_train, n_eval = TRIAL
     return ["", f"worker processes: a trial = {variant}, 1 epoch on {n_train} synthetic images, then "
                 f"{n_eval} validation + {n_eval} test images evaluated; aug {aug}, batch size {batch_size}; "
@@ -375,14 +375,23 @@ def _threads(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+@dataclass(frozen=True)
+class WorkerTrials:
+    """What one trial_worker process measured: `trials` whole trials in its timed window of `seconds`."""
+
+    trials: int
+    seconds: float
 
 
-def trials_per_hour(processes: int, threads: int, seconds: float, aug: str, batch_size: int,
-                    device: torch.device, precision: str, trial: tuple[str, int, int] = TRIAL) -> float:
+def trials_per_hour(workers: list[WorkerTrials]) -> float:
+    """The processes' combined rate: the sum of each one's trials per hour of its own timed window."""
+    return sum(3600 * w.trials / w.seconds for w in workers)
+
+
+def run_workers(processes: int, threads: int, seconds: float, aug: str, batch_size: int, device: torch.device,
+                precision: str, trial: tuple[str, int, int] = TRIAL) -> list[WorkerTrials]:
     """Run `processes` concurrent trial_worker processes of `threads` threads each, started together after their
-    warm-up; the sum of their trials/hour. `trial` is (variant, training images, validation = test images)."""
+    warm-up; what each measured. `trial` is (variant, training images, validation = test images)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -410,7 +419,7 @@ def trials_per_hour(processes: int, threads: int, seconds: float, aug: str, batc
                 p.kill()
         for err in errs:
             err.close()
-    return sum(3600 * d["trials"] / d["seconds"] for d in done)
+    return [WorkerTrials(**d) for d in done]
 
 
 def _failed(process: subprocess.Popen, stderr) -> None:

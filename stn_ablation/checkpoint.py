@@ -3,6 +3,7 @@ whatever kills the process, and a failed write (a full disk) leaves the previous
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +20,8 @@ class CheckpointError(UsageError):
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write `state` to a temporary file beside `path`, fsync it, then rename it over `path`. The bytes are
+    serialized first and written in two halves, so that a fault point can kill the process mid-write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a process killed mid-write
@@ -27,7 +29,13 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            data = buffer.getbuffer()
+            f.write(data[:len(data) // 2])
+            f.flush()
+            fault_point("checkpoint_write")  # half of the bytes are in the temporary file
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         fault_point("checkpoint")  # complete temporary file, not yet renamed

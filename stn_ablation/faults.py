@@ -1,7 +1,7 @@
 """Fault points for the reliability tests. With `STN_ABLATE_FAULT=NAME:N` in the environment, the process kills
 itself with SIGKILL (exactly what `kill -9` does) the N-th time it reaches point NAME, so a test can kill a worker
-at a precise moment: mid-step, mid-checkpoint, mid-MLflow-write, mid-evaluation, between trials. Unset, a point
-costs one comparison."""
+at a precise moment: mid-step, mid-checkpoint-write (half the bytes written), with a complete checkpoint not yet
+renamed, mid-MLflow-write, mid-evaluation, between trials. Unset, a point costs one comparison."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import signal
 
 FAULT_ENV = "STN_ABLATE_FAULT"
-POINTS = ("step", "checkpoint", "mlflow", "evaluate", "between_trials")
+POINTS = ("step", "checkpoint_write", "checkpoint", "mlflow", "evaluate", "between_trials")
 _reached: dict[str, int] = {}
 
 

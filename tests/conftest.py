@@ -1,8 +1,9 @@
-"""Shared fixtures: the real CIFAR-10 copy, small device-resident splits of it, and a throw-away state folder.
+"""Shared fixtures: the real CIFAR-10 copy, small device-resident splits of it, a throw-away state folder, and the
+environment variables a test needs.
 
-The data tests need a torchvision-layout data root in $STN_ABLATE_DATA (with cifar-10-batches-py/ and MNIST/).
-Without it they are skipped locally, but fail in CI (CI=true): a CI job that silently skips every data test
-would look green while testing nothing.
+The data tests need a torchvision-layout data root in $STN_ABLATE_DATA (with cifar-10-batches-py/ and MNIST/);
+the PostgreSQL tests need the server's variables that .ci/run sets. Without them the tests are skipped locally,
+but fail in CI (CI=true): a CI job that silently skips them would look green while testing nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +21,24 @@ from stn_ablation.paths import HOME_ENV, StateHome
 CPU = torch.device("cpu")
 
 
-def missing_data(message: str) -> None:
+def skip_or_fail(message: str) -> None:
     """Skip locally, fail in CI."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: data tests are never skipped in CI)", pytrace=False)
+        pytest.fail(f"{message} (CI=true: these tests are never skipped in CI)", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture
+def required_env():
+    """`required_env(*names, hint=...)`: the values of environment variables the test needs. If any is unset the
+    test is skipped locally and fails in CI, naming the missing ones and `hint` (where they come from)."""
+
+    def get(*names: str, hint: str) -> list[str]:
+        missing = [name for name in names if not os.environ.get(name)]
+        if missing:
+            skip_or_fail(f"{', '.join(missing)} not set: {hint}")
+        return [os.environ[name] for name in names]
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +48,7 @@ def data_root() -> Path:
     if root is None or not (root / "cifar-10-batches-py").is_dir():
         why = (f"${DATA_ENV} is not set" if root is None
                else f"${DATA_ENV}={value} has no cifar-10-batches-py/ folder")
-        missing_data(f"{why}: point {DATA_ENV} at a torchvision data root holding cifar-10-batches-py/ "
+        skip_or_fail(f"{why}: point {DATA_ENV} at a torchvision data root holding cifar-10-batches-py/ "
                      "(and MNIST/raw/) to run the data tests")
     return root
 
@@ -47,7 +61,7 @@ def cifar_raw(data_root):
 @pytest.fixture(scope="session")
 def mnist_raw(data_root):
     if not (data_root / "MNIST" / "raw").is_dir():
-        missing_data(f"no MNIST/raw/ folder under ${DATA_ENV}={data_root}")
+        skip_or_fail(f"no MNIST/raw/ folder under ${DATA_ENV}={data_root}")
     return load_dataset("mnist", data_root, download=False)
 
 

@@ -1,17 +1,20 @@
 """`bench`: the FLOP counter against a hand count, and the report of real, tiny runs on synthetic data: positive
 rates for both pipelines, ratios that are their quotients, counted FLOPs, and the STN share line. No timing is
-asserted: speed claims come from the benchmark's output, not from tests."""
+asserted: speed claims come from the benchmark's output, not from tests; the --workers processes are checked for
+what they promise (at least the asked seconds of whole trials each, summed as trials/hour)."""
 
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import torch
 import torch.nn as nn
 
 from stn_ablation import bench as bench_module
-from stn_ablation.bench import FLOP_BATCH, run_bench, stn_share, training_flops, trials_per_hour
+from stn_ablation.bench import (FLOP_BATCH, WorkerTrials, run_bench, run_workers, stn_share, training_flops,
+                                trials_per_hour)
 from stn_ablation.device import cpu_has_native_bf16
 from stn_ablation.errors import ConfigError
 from stn_ablation.registry import create_model
@@ -108,7 +111,27 @@ def test_report_of_an_stn_variant_and_its_twin_has_the_share_line(small_and_sing
     assert "grid_sampler_2d" in missed and "tutorial_stn" in missed  # FlopCounterMode has no formula for them
 
 
-def test_worker_processes_start_together_and_report_trials():
+def test_trials_per_hour_is_the_sum_of_the_workers_rates():
+    # 3 trials in half an hour and 1 in an hour: 6 + 1 trials/hour
+    assert trials_per_hour([WorkerTrials(3, 1800.0), WorkerTrials(1, 3600.0)]) == pytest.approx(7.0)
+
+
+def test_each_worker_process_times_whole_trials_for_the_asked_seconds():
+    """Two processes each report at least one trial, timed over at least the asked second and within the call."""
     tiny = ("tutorial_cnn", 256, 64)  # a trial of 2 steps and 128 evaluated images: the test is the protocol
-    per_hour = trials_per_hour(2, 1, 0.1, "standard", 128, CPU, "auto", trial=tiny)  # one timed trial each
-    assert per_hour > 0
+    start = time.perf_counter()
+    workers = run_workers(2, 1, 1.0, "standard", 128, CPU, "auto", trial=tiny)
+    wall = time.perf_counter() - start
+    assert len(workers) == 2
+    for w in workers:
+        assert w.trials >= 1 and 1.0 <= w.seconds <= wall, (w, wall)
+
+
+@pytest.mark.parametrize("cores, workers", [(16, 4), (4, 4), (2, 2), (1, 1)])
+def test_reference_loader_has_the_tutorials_four_workers_up_to_the_cores(monkeypatch, cores, workers):
+    from stn_ablation import reference
+
+    monkeypatch.setattr(reference, "usable_cores", lambda: cores)
+    images, labels = torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
+    loader = reference.tutorial_loader(images, labels, "none", (0.5,) * 3, (0.5,) * 3, train=True)
+    assert loader.num_workers == workers

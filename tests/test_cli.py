@@ -18,7 +18,7 @@ from stn_ablation.config import TrainConfig
 from stn_ablation.paths import HOME_ENV, StateHome
 from stn_ablation.registry import create_model, get_variant, list_variants
 
-TRAIN_ARGS = ["train", "--variant", "tutorial_stn", "--epochs", "1", "--subset", "1000", "--loc-lr-mult", "0.2",
+TRAIN_ARGS = ["train", "--variant", "tutorial_stn", "--epochs", "1", "--subset", "10000", "--loc-lr-mult", "0.2",
               "--device", "cpu"]
 
 
@@ -57,7 +57,7 @@ def trained(data_root, tmp_path_factory):
         mp.setenv(HOME_ENV, str(root))
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main([*TRAIN_ARGS, "--data-root", str(data_root)])
-    cfg = TrainConfig().with_overrides(variant="tutorial_stn", epochs=1, subset=1000, loc_lr_mult=0.2)
+    cfg = TrainConfig().with_overrides(variant="tutorial_stn", epochs=1, subset=10000, loc_lr_mult=0.2)
     return code, out.getvalue(), err.getvalue(), StateHome.resolve(root), cfg
 
 
@@ -84,13 +84,13 @@ def test_train_exits_0_and_prints_one_result_line(trained, mlflow_run):
     assert not home.checkpoint(f"train-{cfg.digest()}").exists()  # removed once the run is in MLflow
 
 
-def test_train_run_status_params_and_tags(trained, mlflow_run):
+def test_train_run_status_params_and_tags(trained, mlflow_run, cifar_raw):
     cfg = trained[4]
     _, run = mlflow_run
     assert run.info.status == "FINISHED"
     assert run.data.params == {k: str(v) for k, v in cfg.as_dict().items()}
     assert run.data.params["variant"] == "tutorial_stn" and run.data.params["epochs"] == "1"
-    assert run.data.params["subset"] == "1000" and run.data.params["loc_lr_mult"] == "0.2"
+    assert run.data.params["subset"] == "10000" and run.data.params["loc_lr_mult"] == "0.2"
     tags = run.data.tags
     assert tags["variant"] == "tutorial_stn"
     assert tags["augmentation"] == "none"
@@ -98,7 +98,7 @@ def test_train_run_status_params_and_tags(trained, mlflow_run):
     assert tags["stn"] == "true" and tags["twin"] == "tutorial_cnn"
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["git_commit"])
     assert tags["status"] == "finished"
-    assert "md5" in tags["data_provenance"]
+    assert tags["data_provenance"] == cifar_raw.provenance  # official or not: what the loader found (test_data.py)
 
 
 def test_train_run_metrics(mlflow_run):
@@ -108,8 +108,9 @@ def test_train_run_metrics(mlflow_run):
     assert 0 < history[0].value < 5
     for name in ("train_acc", "val_acc", "test_acc", "lr", "epoch_seconds"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1], name
-    final = run.data.metrics["final_test_acc"]
-    assert 0.05 < final < 1
+    # One epoch on 10,000 images measured 0.293 under bf16 and 0.289 under fp32 (on 1,000 images: 0.113, too close
+    # to chance to tell); a model that predicts one class scores exactly 0.10 on the balanced test set.
+    assert run.data.metrics["final_test_acc"] > 0.2
     assert run.data.metrics["best_epoch"] == 1
     assert run.data.metrics["n_params"] == sum(p.numel() for p in create_model("tutorial_stn").parameters())
 

@@ -1,7 +1,8 @@
-"""Fault injection: a small study whose worker is killed (SIGKILL, as `kill -9`) at six different moments,
-re-running the same command after each kill. In the end every cell has finished exactly once, every MLflow metric
-history is continuous, no checkpoint is unreadable or half-written, and the accuracies equal those of an
-uninterrupted run bit for bit."""
+"""Fault injection: a small study whose worker is killed (SIGKILL, as `kill -9`) at seven different moments,
+re-running the same command after each kill. Right after each kill every checkpoint on disk is readable (a trial
+deletes its checkpoint when it ends, so this is the moment they exist); in the end every cell has finished exactly
+once, every MLflow metric history is continuous, no temporary checkpoint is left, and the accuracies equal those of
+an uninterrupted run bit for bit."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ val_size = 500
 images = 0
 '''
 
-# (point, occurrence): 256 images at batch 128 are 2 steps an epoch, 4 a trial
-KILLS = [("step", 3), ("checkpoint", 2), ("mlflow", 2), ("evaluate", 3), ("between_trials", 1), ("step", 6)]
+# (point, occurrence): 256 images at batch 128 are 2 steps an epoch, 4 a trial; a trial writes a checkpoint an epoch,
+# so the second checkpoint write is torn while the trial's first checkpoint is on disk
+KILLS = [("step", 3), ("checkpoint_write", 2), ("checkpoint", 2), ("mlflow", 2), ("evaluate", 3),
+         ("between_trials", 1), ("step", 6)]
 
 
 def _final_accuracies(home) -> dict[str, float]:
@@ -36,7 +39,7 @@ def _final_accuracies(home) -> dict[str, float]:
     return {r.data.tags["cell"]: r.data.metrics["final_test_acc"] for r in children}
 
 
-def test_kill_at_six_moments_loses_nothing(data_root, tmp_path):
+def test_kill_at_seven_moments_loses_nothing(data_root, tmp_path):
     study = tmp_path / "faults.toml"
     study.write_text(STUDY)
     args = ["run", "--study", str(study), "--device", "cpu"]
@@ -46,9 +49,17 @@ def test_kill_at_six_moments_loses_nothing(data_root, tmp_path):
     assert done.returncode == 0, done.stderr
 
     home = tmp_path / "home"
+    checkpoints = home / "checkpoints"
+    checked = 0
     for point, n in KILLS:
         killed = cli(home, *args, OMP_NUM_THREADS="2", **{FAULT_ENV: f"{point}:{n}"})
         assert killed.returncode == -9, f"{point}:{n} did not fire:\n{killed.stderr[-2000:]}"
+        for path in checkpoints.glob("*.pt"):
+            assert load_checkpoint(path)["history"], (point, path)  # unreadable raises CheckpointError
+            checked += 1
+        if point == "checkpoint_write":
+            assert list(checkpoints.glob("*.tmp")), "the kill mid-write should have left a torn temporary file"
+    assert checked, "no kill left a checkpoint to check"
     final = cli(home, *args, OMP_NUM_THREADS="2")
     assert final.returncode == 0, final.stderr
 
@@ -67,9 +78,6 @@ def test_kill_at_six_moments_loses_nothing(data_root, tmp_path):
     resumed = [r for r in children if "resumed_from_epoch" in r.data.tags]
     assert resumed, "at least one trial should have continued from a checkpoint"
 
-    checkpoints = home / "checkpoints"
     assert not list(checkpoints.glob("*.tmp")), "a half-written checkpoint was left behind"
-    for path in checkpoints.glob("*.pt"):
-        assert load_checkpoint(path) is not None
 
     assert _final_accuracies(home) == _final_accuracies(reference)

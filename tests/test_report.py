@@ -25,6 +25,8 @@ from scipy import stats as sps
 from stn_ablation import report
 from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
+from stn_ablation.report_tables import Comparison
+from stn_ablation.stats import paired_t
 from stn_ablation.tracking import Tracker
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -168,6 +170,14 @@ def test_paired_tests_and_holm_match_a_hand_computation(fab):
         assert c.test.p_value == pytest.approx(p_i, rel=1e-9)
         assert c.holm_p == pytest.approx(h_i, rel=1e-9)
         assert "underpowered" in report.effect_sentence(c)
+
+
+def test_a_comparison_whose_differences_only_round_apart_says_there_is_no_spread():
+    """0.3 - 0.2 and 0.4 - 0.3 differ only by float rounding: the report says why it gives no p-value."""
+    c = Comparison("stn vs cnn", "none", ("tutorial_stn", "none"), ("tutorial_cnn", "none"), [0, 1],
+                   paired_t([0.3, 0.4], [0.2, 0.3]))
+    assert c.test.p_value is None
+    assert "every seed gives the same difference: there is no spread to test" in report.effect_sentence(c)
 
 
 def test_missing_failed_diverged_and_running_are_listed(fab, store):

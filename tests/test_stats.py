@@ -39,11 +39,20 @@ def test_paired_t_matches_scipy():
     assert test.diff.half_width == pytest.approx(sps.t.ppf(0.975, 3) * diffs.std(ddof=1) / 2, rel=1e-12)
 
 
-@pytest.mark.parametrize("a, b", [([0.6], [0.5]), ([0.6, 0.7], [0.5, 0.6]), ([], [])])
+@pytest.mark.parametrize("a, b", [([0.6], [0.5]), ([0.6, 0.7], [0.5, 0.6]), ([], []),
+                                  ([0.3, 0.4], [0.2, 0.3]), ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
 def test_paired_t_without_a_test(a, b):
-    """One pair, or differences without spread, give no p-value rather than a misleading one."""
+    """One pair, or differences without spread, give no p-value rather than a misleading one. 0.3 - 0.2 and
+    0.4 - 0.3 are both 0.1 but differ in the last bit: rounding, not spread (scipy gives p ~ 1e-16 for them)."""
     test = paired_t(a, b)
     assert test.p_value is None and not test.tested
+
+
+def test_paired_t_tests_a_spread_of_one_test_image():
+    """Differences that vary by one image of a 10,000-image test set are a spread, and are tested."""
+    a, b = [0.3001, 0.4], [0.2, 0.3]
+    test = paired_t(a, b)
+    assert test.tested and test.p_value == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-12)
 
 
 def test_paired_t_rejects_unpaired_samples():

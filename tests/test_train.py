@@ -284,11 +284,19 @@ def test_optimizer_variants():
     assert all(not g["nesterov"] for g in plain.param_groups)
 
 
-def test_localization_lr_follows_the_schedule(small_cifar, shrink):
+def test_localization_lr_follows_the_schedule(small_cifar, tmp_path, shrink):
+    """After 4 steps each group's rate is its base rate times the schedule's factor: the localization net's base
+    rate is lr x loc_lr_mult. The checkpoint's optimizer state holds every group's rate."""
     data = shrink(small_cifar, 128, 10)
     cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=32, schedule="cosine", loc_lr_mult=0.25)
-    result = train(cfg, data, CPU)
-    assert result.history[0].lr == pytest.approx(cfg.lr * lr_factor(3, 4, "cosine", cfg.warmup))
+    result = train(cfg, data, CPU, checkpoint=tmp_path / "c.pt")
+    factor = lr_factor(3, 4, "cosine", cfg.warmup)
+    assert result.history[0].lr == pytest.approx(cfg.lr * factor)
+    groups = load_checkpoint(tmp_path / "c.pt")["optimizer"]["param_groups"]
+    expected = {"classifier": cfg.lr * factor, "localization": cfg.lr * 0.25 * factor}
+    assert {g["name"] for g in groups} == set(expected)
+    for group in groups:
+        assert group["lr"] == pytest.approx(expected[group["name"]]), group["name"]
 
 
 # --- (g) config ----------------------------------------------------------------------------------------------------
