@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stn_ablation.data import DataError, load_dataset, prepare, split_indices
+from stn_ablation.data import MNIST_MD5, DataError, load_dataset, prepare, split_indices
 from stn_ablation.errors import ConfigError, UsageError
 
 CPU = torch.device("cpu")
@@ -226,3 +226,21 @@ def test_mnist_loads(mnist_raw):
 def test_missing_mnist_is_a_data_error(tmp_path):
     message = _one_line_data_error(tmp_path / "no-mnist", name="mnist", download=False)
     assert str(tmp_path / "no-mnist") in message and "MNIST/raw/" in message
+
+
+def test_mnist_provenance_is_checked_against_the_original_md5s(data_root, mnist_raw, tmp_path):
+    """MNIST is called official only when its four idx files have the original files' md5s; a changed byte in a
+    label file makes it a local copy that names the file."""
+    raw_dir = data_root / "MNIST" / "raw"
+    matches = all(hashlib.md5((raw_dir / name).read_bytes()).hexdigest() == md5 for name, md5 in MNIST_MD5.items())
+    assert (mnist_raw.provenance == "official") == matches
+    copy = tmp_path / "mnist" / "MNIST" / "raw"
+    copy.mkdir(parents=True)
+    for name in MNIST_MD5:
+        data = bytearray((raw_dir / name).read_bytes())
+        if name == "t10k-labels-idx1-ubyte":
+            data[-1] = (data[-1] + 1) % 10  # one test label changed
+        (copy / name).write_bytes(bytes(data))
+    changed = load_dataset("mnist", tmp_path / "mnist", download=False)
+    assert changed.provenance.startswith("local copy") and "t10k-labels-idx1-ubyte" in changed.provenance
+    assert "train-images-idx3-ubyte" not in changed.provenance or not matches
