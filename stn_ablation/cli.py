@@ -12,8 +12,19 @@ from pathlib import Path
 from stn_ablation.errors import UsageError
 
 
+DESCRIPTION = """Does a spatial transformer help this classifier, and when? Ablations of STN variants against
+their no-STN twins: Optuna runs the studies, MLflow tracks every run, `report` writes the answer."""
+EPILOG = """everyday use:
+  stn-ablate list                            variants and studies
+  stn-ablate run --study baseline_vs_stn     run (or resume) a study
+  stn-ablate ui --study baseline_vs_stn      the MLflow UI on the same store
+  stn-ablate report --study baseline_vs_stn  reports/baseline_vs_stn/README.md and figures
+`stn-ablate COMMAND --help` lists a command's options."""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stn-ablate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="stn-ablate", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -185,9 +196,41 @@ def cmd_ui(args: argparse.Namespace) -> None:
                              f"{args.study}` first")
         url += f"/#/experiments/{found.experiment_id}"
     print(f"MLflow UI for {uri}: {url}  (Ctrl-C stops it)", flush=True)
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                    "--default-artifact-root", home.artifact_root.as_uri(), "--host", "127.0.0.1",
-                    "--port", str(args.port)], check=False)
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--default-artifact-root", home.artifact_root.as_uri(), "--host", "127.0.0.1",
+                               "--port", str(args.port)], start_new_session=True)
+    _stop_group_on_exit(server)
+
+
+def _stop_group_on_exit(server) -> None:
+    """Wait for `server`, and stop its whole process group (the MLflow server and its web workers) when it ends or
+    this process gets Ctrl-C or SIGTERM: a UI left serving after `ui` has gone would hold its port."""
+    import signal
+    import subprocess
+    import time
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("stopping the MLflow UI", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # politely, then for good
+            deadline = time.monotonic() + 10
+            try:
+                os.killpg(server.pid, sig)
+                while time.monotonic() < deadline:
+                    os.killpg(server.pid, 0)  # raises once no process of the group is left
+                    try:
+                        server.wait(timeout=0.1)
+                    except subprocess.TimeoutExpired:
+                        pass
+            except ProcessLookupError:
+                return
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from stn_ablation.faults import fault_point
 from stn_ablation.locks import file_lock
 
 SYSTEM_METRICS_SECONDS = 10  # sampling interval of MLflow's system metrics monitor
+KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: a training experiment, not GenAI
 KEY_TAG = "stn.key"  # identifies one unit of work (a config, a study cell) across re-runs of the same command
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -52,7 +53,13 @@ class Tracker:
         self.artifact_root = artifact_root
         try:
             if tracking_uri.startswith("sqlite:///"):  # a new sqlite store creates its tables: one worker at a time
-                with file_lock(Path(tracking_uri.removeprefix("sqlite:///") + ".lock")):
+                database = Path(tracking_uri.removeprefix("sqlite:///"))
+                with file_lock(Path(f"{database}.lock")):
+                    if artifact_root is not None and not database.exists():
+                        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                        # its Default experiment keeps artifacts in the state folder, not in the working directory
+                        SqlAlchemyStore(tracking_uri, (artifact_root / "Default").as_uri())
                     self.client = MlflowClient(tracking_uri)
                     self.client.search_experiments(max_results=1)
             else:
@@ -74,18 +81,23 @@ class Tracker:
                                 "--tracking-uri") from None
 
     def experiment(self, name: str) -> str:
-        """Id of experiment `name`, created if absent; safe when several processes race to create it."""
+        """Id of experiment `name`, created if absent; safe when several processes race to create it. It is
+        tagged as a model-training experiment, so MLflow 3's UI opens it on its runs, not on the GenAI overview."""
         found = self.client.get_experiment_by_name(name)
+        if found is None:
+            location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+            try:
+                experiment_id = self.client.create_experiment(name, artifact_location=location, tags=KIND)
+            except MlflowException:
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
         if found is not None:
-            return found.experiment_id
-        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+            experiment_id = found.experiment_id
+            if any(found.tags.get(k) != v for k, v in KIND.items()):  # made by an older version
+                for k, v in KIND.items():
+                    self.client.set_experiment_tag(experiment_id, k, v)
+        return experiment_id
 
     def find_run(self, experiment_id: str, key: str):
         """The newest run tagged with `key`, or None."""
