@@ -15,20 +15,38 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU; asking for a device that is absent is a clear error."""
-    if name not in DEVICES:
-        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    """`auto` picks CUDA, then Apple MPS, then the CPU; `cuda:N` names one GPU. Asking for a device that is absent
+    is a clear error."""
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)} or cuda:N")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device auto or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but PyTorch sees no CUDA GPU; use --device auto or cpu")
+    if index and int(index) >= (count := torch.cuda.device_count()):
+        raise ConfigError(f"--device {name} was asked for but PyTorch sees {count} CUDA GPU(s), cuda:0 to "
+                          f"cuda:{count - 1}; pick one of them (CUDA_VISIBLE_DEVICES sets which are visible)")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for but this PyTorch has no MPS backend; use --device auto or cpu")
     return torch.device(name)
+
+
+def worker_devices(device: str, workers: int, share_gpus: bool = False) -> list[str]:
+    """The --device of each of `workers` worker processes on this machine. On CUDA (`auto` with a GPU, or `cuda`),
+    each worker gets its own GPU, round-robin over the visible ones; more workers than GPUs share them only with
+    `share_gpus` (several small models can fill one large GPU). A named device (`cuda:N`, `cpu`) goes to all."""
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return [device] * workers
+    gpus = torch.cuda.device_count()
+    if workers > gpus and not share_gpus:
+        raise ConfigError(f"--workers {workers} on {gpus} visible GPU(s): one worker per GPU is the default; pass "
+                          f"--workers {gpus}, or --share-gpus to run several workers on each GPU")
+    return [f"cuda:{i % gpus}" for i in range(workers)]
 
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX, Arm's BF16 extension
@@ -62,13 +80,14 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for `precision`, or None for full fp32. `auto`: bf16 on CUDA GPUs that support it
-    (else fp16) and on CPUs with native bf16; fp32 elsewhere, where emulated bf16 would only be slower."""
+    """The autocast dtype for `precision`, or None for full fp32. `auto`: bf16 on CUDA GPUs that run it natively
+    (Ampere and newer; else fp16 with a gradient scaler) and on CPUs with native bf16; fp32 elsewhere, where
+    emulated bf16 would only be slower."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":  # emulated bf16 (V100, T4) has no bf16 cuDNN convolutions: fp16 there
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     return AUTOCAST_DTYPES[precision]
 

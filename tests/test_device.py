@@ -3,6 +3,8 @@ PyTorch reports."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -10,12 +12,22 @@ from stn_ablation import device as dev
 from stn_ablation.errors import ConfigError
 
 
+GPUS = {  # what torch.cuda.is_bf16_supported(including_emulation) answers on each kind of GPU
+    "bf16-native": {True: True, False: True},  # Ampere and newer (A100, H100, RTX 30xx)
+    "bf16-emulating": {True: True, False: False},  # V100, T4: bf16 works, without bf16 tensor cores or cuDNN convs
+    "fp16-only": {True: False, False: False},
+}
+
+
 @pytest.fixture
 def fake(monkeypatch):
-    def set_(cuda: bool = False, mps: bool = False, bf16_gpu: bool = True, bf16_cpu: bool = False):
+    def set_(cuda: bool = False, mps: bool = False, gpu: str = "bf16-native", bf16_cpu: bool = False,
+             gpus: int = 1):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus if cuda else 0)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: GPUS[gpu][including_emulation])
         monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: bf16_cpu)
     return set_
 
@@ -40,11 +52,54 @@ def test_unknown_device_and_precision_are_errors():
         dev.autocast_dtype(torch.device("cpu"), "int8")
 
 
-@pytest.mark.parametrize("bf16_gpu, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_cuda_auto_precision_is_mixed(fake, bf16_gpu, expected):
-    fake(cuda=True, bf16_gpu=bf16_gpu)
+@pytest.mark.parametrize("gpu, expected", [("bf16-native", torch.bfloat16), ("bf16-emulating", torch.float16),
+                                            ("fp16-only", torch.float16)])
+def test_cuda_auto_precision_is_bf16_only_where_native(fake, gpu, expected):
+    fake(cuda=True, gpu=gpu)
     assert dev.autocast_dtype(torch.device("cuda"), "auto") is expected
     assert dev.channels_last(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("name, gpus, expected", [("cuda:0", 1, "cuda:0"), ("cuda:3", 4, "cuda:3"),
+                                                  ("cuda", 2, "cuda")])
+def test_cuda_n_names_one_gpu(fake, name, gpus, expected):
+    fake(cuda=True, gpus=gpus)
+    assert str(dev.select_device(name)) == expected
+
+
+@pytest.mark.parametrize("name, message", [("cuda:2", "sees 2 CUDA GPU(s), cuda:0 to cuda:1"),
+                                           ("cuda:x", "unknown device"), ("cpu:1", "unknown device")])
+def test_a_gpu_that_is_not_there_is_a_one_line_error(fake, name, message):
+    fake(cuda=True, gpus=2)
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        dev.select_device(name)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("gpus, workers, share, expected", [
+    (1, 1, False, ["cuda:0"]),
+    (2, 2, False, ["cuda:0", "cuda:1"]),
+    (4, 3, False, ["cuda:0", "cuda:1", "cuda:2"]),
+    (4, 4, False, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+    (1, 3, True, ["cuda:0", "cuda:0", "cuda:0"]),  # asked for: several workers share the one GPU
+    (2, 5, True, ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]),
+])
+def test_each_worker_gets_its_own_gpu_round_robin(fake, gpus, workers, share, expected):
+    fake(cuda=True, gpus=gpus)
+    assert dev.worker_devices("auto", workers, share) == expected
+    assert dev.worker_devices("cuda", workers, share) == expected
+
+
+def test_more_workers_than_gpus_only_when_asked(fake):
+    fake(cuda=True, gpus=2)
+    with pytest.raises(ConfigError, match="--workers 3 on 2 visible GPU\\(s\\).*--share-gpus"):
+        dev.worker_devices("auto", 3)
+    assert dev.worker_devices("cuda:1", 3) == ["cuda:1"] * 3  # a named GPU is what was asked for
+
+
+def test_workers_without_a_gpu_share_the_cpu(fake):
+    fake(cuda=False)
+    assert dev.worker_devices("auto", 2) == ["auto", "auto"]
 
 
 @pytest.mark.parametrize("bf16_cpu, expected", [(True, torch.bfloat16), (False, None)])
