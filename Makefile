@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
+
+# On a CUDA machine: tests, bench and a 50-epoch pair on the GPU (scripts/gpu_check.sh); elsewhere a one-line no-op.
+gpu-check: setup
+	scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .stn-ablate
