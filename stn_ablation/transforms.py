@@ -114,7 +114,8 @@ def projective_grid(p: torch.Tensor, size: Size) -> torch.Tensor:
     HORIZON: a point beyond the horizon maps far outside the image and samples the zero padding, not a mirror."""
     base = identity_grid(size, p.device)  # 1 x H x W x 2
     w = 1 + p[:, 6, None, None] * base[..., 0] + p[:, 7, None, None] * base[..., 1]  # B x H x W
-    affine = F.affine_grid(affine_theta(p[:, :6]), [p.shape[0], 1, *size], align_corners=False)  # B x H x W x 2
+    # contiguous: affine_grid's batched matmul on a strided view is 3x slower on the CPU
+    affine = F.affine_grid(affine_theta(p[:, :6].contiguous()), [p.shape[0], 1, *size], align_corners=False)
     return affine / w.clamp(min=HORIZON)[..., None]
 
 
