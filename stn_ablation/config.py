@@ -12,7 +12,7 @@ from typing import Any
 from stn_ablation.errors import ConfigError
 
 AUGMENTATIONS = ("none", "standard", "affine")
-DATASETS = ("cifar10", "mnist")
+DATASETS = ("cifar10", "mnist", "mnist_r", "mnist_rts", "mnist_p", "mnist_e", "cifar10_rts")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 

@@ -3,14 +3,13 @@ scale and translation sweeps, and statistics of the affine matrices the localiza
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
 from stn_ablation.augment import affine_warp
 from stn_ablation.config import RobustnessConfig
 from stn_ablation.evaluate import accuracy
+from stn_ablation.transforms import decompose
 
 
 def sweep_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RobustnessConfig,
@@ -33,28 +32,6 @@ def sweep_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings:
         if accs:
             out[f"robust/{kind}/mean"] = sum(accs) / len(accs)
     return out
-
-
-def decompose(theta: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image parts of B x 2 x 3 affine matrices, with A = R(rotation) @ [[sx, shear], [0, sy]].
-
-    theta maps output to input coordinates (affine_grid's convention), so scale < 1 means the transformer zooms in.
-    """
-    a, b, tx = theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2]
-    c, d, ty = theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2]
-    rotation = torch.atan2(c, a)
-    cos, sin = torch.cos(rotation), torch.sin(rotation)
-    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=theta.device)
-    return {
-        "scale": (a * d - b * c).abs().sqrt(),
-        "sx": torch.hypot(a, c),
-        "sy": d * cos - b * sin,
-        "rotation_deg": rotation * (180 / math.pi),
-        "shear": b * cos + d * sin,
-        "tx": tx,
-        "ty": ty,
-        "identity_dist": (theta - identity).flatten(1).norm(dim=1),
-    }
 
 
 @torch.no_grad()
