@@ -272,6 +272,31 @@ def test_dilated_conv_bf16_weight_gradient_matches_fp32():
     assert ((bf16 - fp32).norm() / fp32.norm()).item() < 0.01  # bf16 rounding is ~0.3% here; the bug gave inf
 
 
+@pytest.mark.parametrize("size", [32, 15])
+@pytest.mark.parametrize("groups", [1, 12])
+def test_strided_dilated_conv_is_the_dilated_conv(size, groups):
+    """With stride = dilation, DilatedConv2d runs the undilated kernel on every d-th pixel: the same function and
+    gradients as a dilated nn.Conv2d (to fp32 summation order), for even and odd sizes."""
+    from stn_ablation.variants.blocks import DilatedConv2d
+
+    torch.manual_seed(0)
+    conv = DilatedConv2d(24, 24, 3, stride=2, padding=2, dilation=2, groups=groups, bias=False)
+    x = torch.randn(4, 24, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    results = []
+    for forward in (conv.forward, lambda t: torch.nn.Conv2d.forward(conv, t)):
+        conv.zero_grad()
+        x.grad = None
+        out = forward(x * 1)  # a non-leaf input, as in the model
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        results.append((out, conv.weight.grad.clone(), x.grad.clone()))
+    (out, w_grad, x_grad), (ref_out, ref_w_grad, ref_x_grad) = results
+    assert out.shape == ref_out.shape == (4, 24, (size + 1) // 2, (size + 1) // 2)
+    for got, want in ((out, ref_out), (w_grad, ref_w_grad), (x_grad, ref_x_grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="padding"):
+        DilatedConv2d(24, 24, 3, stride=2, padding=1, dilation=2)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_drops_p_of_the_elements_and_rescales_the_rest(layout, dtype):
