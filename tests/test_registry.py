@@ -13,7 +13,6 @@ from stn_ablation.registry import UnknownVariantError, create_model, get_variant
 
 VARIANTS = list_variants()
 STN_VARIANTS = [name for name in VARIANTS if get_variant(name).twin is not None]
-TUTORIAL_VARIANTS = list_variants("tutorial_*")
 
 
 def test_registry_has_the_core_variants():
@@ -39,8 +38,8 @@ def test_output_shape_and_finite(name):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", TUTORIAL_VARIANTS)
-def test_tutorial_variants_build_for_mnist_shape(name):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variants_build_for_mnist_shape(name):
     torch.manual_seed(0)
     model = create_model(name, in_shape=(1, 28, 28), num_classes=10)
     x, _ = _images((1, 28, 28), batch=3)

@@ -203,10 +203,11 @@ class DilatedDepthwiseCNN(nn.Module):
     """The classifier of the published 78.9% CIFAR-10 STN ("DDilate"), layer for layer: 136,032 parameters of 3x3,
     1x1, depthwise, grouped and dilated convolutions without bias, each 3x3 conv followed by BatchNorm, ReLU and
     dropout, two stride-2 convs instead of pooling (32 -> 16 -> 8), and a 1x1 conv to the classes before global
-    average pooling (no fully connected layer). Per image, B x C x H x W for a 3 x 32 x 32 input:
+    average pooling (no fully connected layer). Channels (and size) per 3x3 conv for a 3 x 32 x 32 input:
 
-        3 -> 24 -> 24 (32x32) -> 24 stride 2 (16x16) -> 1x1, 24 -> 24 depthwise -> 24 stride 2, 12 groups (8x8)
-        -> 1x1 to 48, 48 -> 48 depthwise -> 1x1 to 96, 96 -> 96 in 12 groups -> 1x1 to 10 -> average -> logits
+        3 -> 24, 24 -> 24 (32x32); 24 -> 24 stride 2 (16x16); 1x1, then 24 -> 24; 24 depthwise;
+        24 -> 24 stride 2 in 12 groups (8x8); 1x1 to 48, then 48 -> 48; 48 depthwise;
+        1x1 to 96, then 96 -> 96; 96 -> 96 in 12 groups; 1x1 to 10 classes, averaged over the 8x8 positions
 
     The published layer table gives every parameter count and output shape but neither the dilations nor the
     dropout rate. Both follow the public source of that model (class `CIFARModelDDilate`, which matches the table):
