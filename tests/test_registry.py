@@ -13,7 +13,6 @@ from stn_ablation.registry import UnknownVariantError, create_model, get_variant
 
 VARIANTS = list_variants()
 STN_VARIANTS = [name for name in VARIANTS if get_variant(name).twin is not None]
-TUTORIAL_VARIANTS = list_variants("tutorial_*")
 
 
 def test_registry_has_the_core_variants():
@@ -39,8 +38,8 @@ def test_output_shape_and_finite(name):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", TUTORIAL_VARIANTS)
-def test_tutorial_variants_build_for_mnist_shape(name):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variants_build_for_mnist_shape(name):
     torch.manual_seed(0)
     model = create_model(name, in_shape=(1, 28, 28), num_classes=10)
     x, _ = _images((1, 28, 28), batch=3)
@@ -164,9 +163,71 @@ def _n_params(name: str) -> int:
 
 
 def test_parameter_counts():
-    assert 135_000 <= _n_params("loc3_cnn") <= 145_000
     for name in STN_VARIANTS:
         assert _n_params(name) > _n_params(get_variant(name).twin)
+
+
+# The published layer table of the 78.9% CIFAR-10 STN (torchsummary, 3 x 32 x 32 input): per layer its parameters
+# and its output per image. Localization net first (the transformer runs first), then the classifier, whose rows
+# are (conv parameters, output) with "BRD" after the conv: BatchNorm, ReLU, Dropout.
+LOC3_LOCALIZATION = [
+    ("Conv2d", 224, (8, 30, 30)), ("Conv2d", 584, (8, 28, 28)), ("Conv2d", 3_144, (8, 22, 22)),
+    ("MaxPool2d", 0, (8, 11, 11)), ("ReLU", 0, (8, 11, 11)),
+    ("Conv2d", 2_010, (10, 7, 7)), ("MaxPool2d", 0, (10, 3, 3)), ("ReLU", 0, (10, 3, 3)),
+    ("Linear", 2_912, (32,)), ("ReLU", 0, (32,)), ("Linear", 198, (6,)),
+]
+LOC3_CLASSIFIER = [
+    (648, (24, 32, 32), "BRD"), (5_184, (24, 32, 32), "BRD"), (5_184, (24, 16, 16), "BRD"),
+    (576, (24, 16, 16), ""), (5_184, (24, 16, 16), "BRD"), (216, (24, 16, 16), "BRD"), (432, (24, 8, 8), "BRD"),
+    (1_152, (48, 8, 8), ""), (20_736, (48, 8, 8), "BRD"), (432, (48, 8, 8), "BRD"),
+    (4_608, (96, 8, 8), ""), (82_944, (96, 8, 8), "BRD"), (6_912, (96, 8, 8), "BRD"),
+    (960, (10, 8, 8), ""),
+]
+
+
+def _loc3_classifier_rows() -> list[tuple[str, int, tuple[int, ...]]]:
+    rows = []
+    for params, out, after in LOC3_CLASSIFIER:
+        rows.append(("Conv2d", params, out))
+        if after:
+            rows += [("BatchNorm2d", 2 * out[0], out), ("ReLU", 0, out), ("Dropout", 0, out)]
+    return rows + [("AdaptiveAvgPool2d", 0, (10, 1, 1)), ("Flatten", 0, (10,))]
+
+
+def _layer_table(model: torch.nn.Module, in_shape=(3, 32, 32)) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(kind, own parameters, output per image) of every leaf module in the order they run on one image, as
+    torchsummary lists them; a Conv2d subclass (DilatedConv2d) counts as Conv2d."""
+    rows, hooks = [], []
+
+    def record(module, inputs, output):
+        kind = "Conv2d" if isinstance(module, torch.nn.Conv2d) else type(module).__name__
+        rows.append((kind, sum(p.numel() for p in module.parameters()), tuple(output.shape[1:])))
+
+    for module in model.modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(record))
+    try:
+        model.train()(torch.randn(1, *in_shape))  # train mode: dropout runs and is listed
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+@pytest.mark.parametrize("name", ["loc3_stn", "loc3_cnn"])
+def test_loc3_matches_the_published_layer_table(name):
+    model = create_model(name)
+    expected = (LOC3_LOCALIZATION if model.stn is not None else []) + _loc3_classifier_rows()
+    assert _layer_table(model) == expected
+
+
+def test_loc3_parameter_totals_are_the_published_ones():
+    model = create_model("loc3_stn")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert (count(model), count(model.classifier), count(model.stn)) == (145_104, 136_032, 9_072)
+    assert _n_params("loc3_cnn") == 136_032
+    assert sum(count(m) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 864
+    assert all(m.bias is None for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def _bf16_channels_last_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,6 +269,31 @@ def test_dilated_conv_bf16_weight_gradient_matches_fp32():
         grads.append(conv.weight.grad.clone())
     fp32, bf16 = grads
     assert ((bf16 - fp32).norm() / fp32.norm()).item() < 0.01  # bf16 rounding is ~0.3% here; the bug gave inf
+
+
+@pytest.mark.parametrize("size", [32, 15])
+@pytest.mark.parametrize("groups", [1, 12])
+def test_strided_dilated_conv_is_the_dilated_conv(size, groups):
+    """With stride = dilation, DilatedConv2d runs the undilated kernel on every d-th pixel: the same function and
+    gradients as a dilated nn.Conv2d (to fp32 summation order), for even and odd sizes."""
+    from stn_ablation.variants.blocks import DilatedConv2d
+
+    torch.manual_seed(0)
+    conv = DilatedConv2d(24, 24, 3, stride=2, padding=2, dilation=2, groups=groups, bias=False)
+    x = torch.randn(4, 24, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    results = []
+    for forward in (conv.forward, lambda t: torch.nn.Conv2d.forward(conv, t)):
+        conv.zero_grad()
+        x.grad = None
+        out = forward(x * 1)  # a non-leaf input, as in the model
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        results.append((out, conv.weight.grad.clone(), x.grad.clone()))
+    (out, w_grad, x_grad), (ref_out, ref_w_grad, ref_x_grad) = results
+    assert out.shape == ref_out.shape == (4, 24, (size + 1) // 2, (size + 1) // 2)
+    for got, want in ((out, ref_out), (w_grad, ref_w_grad), (x_grad, ref_x_grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="padding"):
+        DilatedConv2d(24, 24, 3, stride=2, padding=1, dilation=2)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
