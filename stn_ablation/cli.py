@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from stn_ablation.device import select_device
     from stn_ablation.paths import StateHome
     from stn_ablation.registry import get_variant
-    from stn_ablation.runner import run_tracked
+    from stn_ablation.runner import TrackedRun, run_tracked
     from stn_ablation.tracking import Tracker
 
     if args.distort and args.aug not in (None, "affine"):
@@ -256,9 +256,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     experiment = tracker.experiment("train")
     key = f"train-{cfg.digest()}"
     checkpoint = home.checkpoint(key)
-    run_id, result = run_tracked(cfg, data, device, tracker, experiment, key=key, checkpoint=checkpoint,
-                                 precision=args.precision,
-                                 run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}")
+    run = TrackedRun(cfg, experiment, key, run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}", checkpoint=checkpoint,
+                     precision=args.precision)
+    run_id, result = run_tracked(run, data, device, tracker)
     checkpoint.unlink(missing_ok=True)  # the run is complete in MLflow; the same command trains afresh
     last = result.history[-1] if result.history else None
     print(f"{cfg.variant} {cfg.dataset} aug={cfg.aug} seed={cfg.seed}: {result.status}"

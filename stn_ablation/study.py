@@ -24,11 +24,11 @@ from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
-from stn_ablation.runner import checkpointed_history, run_tracked
+from stn_ablation.runner import TrackedRun, run_tracked
 from stn_ablation.storage import StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
 from stn_ablation.tracking import Tracker
-from stn_ablation.train import StopRun, TrainResult
+from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +142,20 @@ class Worker:
         storage = self.study._storage
         beat = Heartbeat(lambda: storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()))
         checkpoint = self.home.checkpoint(key.replace(":", "-"))
-        for stats in checkpointed_history(checkpoint):  # a resumed trial re-reports what its checkpoint holds
-            trial.report(getattr(stats, spec.metric), stats.epoch)
-        hooks = [_reporting_hook(trial, spec.metric, prune=bool(spec.search) and spec.pruner != "none")]
-        label = f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}"
+        run = TrackedRun(
+            cfg, self.experiment, key,
+            run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
+            checkpoint=checkpoint, parent_run_id=self.parent, reuse_finished=True, robustness=spec.robustness,
+            precision=self.precision,
+            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}",
+            tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
+                  "cell": cell, "study_file_sha256": spec.file_sha256})
         with beat:
             try:
                 _, result = run_tracked(
-                    cfg, self._splits(cfg), self.device, self.tracker, self.experiment, key=key,
-                    run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
-                    checkpoint=checkpoint, parent_run_id=self.parent, hooks=hooks, progress_label=label,
-                    reuse_finished=True, robustness=spec.robustness, precision=self.precision,
-                    on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-                    tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase,
-                          "trial": str(trial.number), "cell": cell, "study_file_sha256": spec.file_sha256})
+                    run, self._splits(cfg), self.device, self.tracker,
+                    hooks=[_optuna_hooks(trial, spec.metric, prune=bool(spec.search) and spec.pruner != "none")],
+                    on_open=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
             except StopRun as e:
                 self._end(trial, TrialState.PRUNED, "pruned", str(e), None)
                 checkpoint.unlink(missing_ok=True)
@@ -290,6 +290,17 @@ def _value(result: TrainResult, metric: str) -> float | None:
         return None
     value = getattr(result.history[-1], metric)
     return None if math.isnan(value) else value
+
+
+def _optuna_hooks(trial: optuna.Trial, metric: str, prune: bool) -> Hooks:
+    """The trial's side of the trainer's events: a resumed trial re-reports the epochs its checkpoint holds (never
+    pruning on them), then each new epoch is reported and, with `prune`, may stop the run."""
+    replay = _reporting_hook(trial, metric, prune=False)
+
+    def start(resumed: list[EpochStats]) -> None:
+        for stats in resumed:
+            replay(stats, None)
+    return Hooks(on_start=start, on_epoch=_reporting_hook(trial, metric, prune))
 
 
 def _reporting_hook(trial: optuna.Trial, metric: str, prune: bool):
