@@ -190,7 +190,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     if args.study:
         tracker = Tracker(uri, home.artifact_root)
         tracker.check()
-        found = tracker.client.get_experiment_by_name(args.study)
+        found = tracker.find_experiment(args.study)
         if found is None:
             raise UsageError(f"no runs of study {args.study!r} in {uri} yet; run `stn-ablate run --study "
                              f"{args.study}` first")

@@ -1,6 +1,6 @@
 """Tracked runs -> a study's report: `reports/<study>/README.md`, its figures and (optionally) LaTeX or CSV tables.
 
-Reads MLflow only, through the tracker's client: never trains, never opens Optuna. This module loads the runs,
+Reads MLflow only, through the tracker: never trains, never opens Optuna. This module loads the runs,
 assembles the document and writes the files; the tables and the sentences that read them live in report_tables.py,
 the pictures in figures.py. Everything is sorted, so the same runs always give the same bytes; the one date in the
 report is the newest run's end time, not the clock. Nothing that did not finish is dropped without a line."""
@@ -96,19 +96,18 @@ def numerics(run: Run) -> str:
 def load_study(tracker, name: str, only: str | None = None) -> Study:
     """The newest parent run of study `name` and its children; UsageError when the study was never run, or when
     its finished runs mix device types or precisions and `only` (a `numerics` value) does not pick one."""
-    client = tracker.client
-    experiment = client.get_experiment_by_name(name)
+    experiment = tracker.find_experiment(name)
     if experiment is None or experiment.lifecycle_stage != "active":
         raise UsageError(f"no runs of study {name!r} in {tracker.uri}; run `stn-ablate run --study {name}` first")
-    parents = sorted(_search(client, experiment.experiment_id, "tags.phase = 'study'"),
+    parents = sorted(tracker.search_runs(experiment.experiment_id, "tags.phase = 'study'"),
                      key=lambda r: (r.info.start_time, r.info.run_id), reverse=True)
     if not parents:
         raise UsageError(f"experiment {name!r} holds no study run; run `stn-ablate run --study {name}` first")
     parent = parents[0]
     params = dict(parent.data.params)
     grid = {a: params[f"grid.{a}"].split(",") for a in GRID_AXES if f"grid.{a}" in params}
-    runs = [_run(client, r) for r in
-            _search(client, experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
+    runs = [_run(tracker, r) for r in
+            tracker.search_runs(experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
     runs = [r for r in runs if only is None or numerics(r) == only]
     mixed = Counter(numerics(r) for r in runs if r.status == "finished")
     if len(mixed) > 1:
@@ -137,21 +136,11 @@ def load_study(tracker, name: str, only: str | None = None) -> Study:
     return study
 
 
-def _search(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _run(client, r) -> Run:
+def _run(tracker, r) -> Run:
     tags, params = dict(r.data.tags), dict(r.data.params)
     history = {}
     for key in ("val_acc", "test_acc"):
-        points = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        points = sorted(tracker.metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         if points:
             history[key] = {m.step: m.value for m in points}
     return Run(r.info.run_id, r.info.run_name or "", tags.get("variant", params.get("variant", "?")),
@@ -191,7 +180,7 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
     for pattern in GENERATED:  # an earlier report's files, which this one may not write again
         for old in out.glob(pattern):
             old.unlink()
-    pictures = {**figures.copy_stn_grids(tracker.client, loaded, out), **figures.draw(loaded, out)}
+    pictures = {**figures.copy_stn_grids(tracker, loaded, out), **figures.draw(loaded, out)}
     text, tables = render(loaded, fmt, pictures)
     written = [out / "README.md", *(out / name for name in pictures)]
     written[0].write_text(text, encoding="utf-8")
@@ -203,7 +192,7 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
             written.append(out / f"{table.name}.csv")
             _csv(table, written[-1])
     for path in sorted(written):
-        tracker.client.log_artifact(loaded.parent_id, str(path), "report")
+        tracker.log_artifact(loaded.parent_id, path, "report")
     return written[0]
 
 

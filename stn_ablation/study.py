@@ -66,11 +66,12 @@ class Worker:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.tracker.check()
         self._splits(spec.base)  # missing or broken data fails here, before any trial is created
-        storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
+        self.storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
         with self.lock():
             self.study = optuna.create_study(
-                study_name=spec.storage_name, storage=storage, direction="maximize", load_if_exists=True,
+                study_name=spec.storage_name, storage=self.storage, direction="maximize", load_if_exists=True,
                 sampler=_sampler(spec, 0), pruner=_pruner(spec))
+            self.study_id = self.storage.get_study_id_from_name(spec.storage_name)
             self.study.set_metric_names([spec.metric])
             self.experiment = self.tracker.experiment(spec.name)
             self.parent = self._open_parent()
@@ -120,13 +121,19 @@ class Worker:
         for t in trials:
             if t.state != TrialState.RUNNING or owner_alive(t.user_attrs.get("owner"), t.user_attrs.get("heartbeat")):
                 continue
-            storage = self.study._storage
-            storage.set_trial_user_attr(t._trial_id, "status", "failed")
-            storage.set_trial_user_attr(t._trial_id, "reason", f"worker {t.user_attrs.get('owner')} is gone")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            trial_id = self._id_of(t.number)
+            self.storage.set_trial_user_attr(trial_id, "status", "failed")
+            self.storage.set_trial_user_attr(trial_id, "reason", f"worker {t.user_attrs.get('owner')} is gone")
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             log.info("trial %d lost its worker; queued again", t.number)
             if self.spec.search:  # the retry continues the same run and checkpoint: it has the same origin
                 self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": _origin(t)})
+
+    def _id_of(self, number: int) -> int:
+        """The storage's id of trial `number`. Another worker's trial (an orphan) has no `optuna.Trial` here, and a
+        heartbeat thread should not share the main thread's: both are written through the storage, which
+        addresses trials by id."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     # -- running --------------------------------------------------------------------------------------------
 
@@ -139,8 +146,8 @@ class Worker:
         trial.set_user_attr("origin", _origin(trial))
         cell = trial.user_attrs.get("cell") or key
         index = _cell_index(spec, params, trial)
-        storage = self.study._storage
-        beat = Heartbeat(lambda: storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()))
+        trial_id = self._id_of(trial.number)
+        beat = Heartbeat(lambda: self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time()))
         checkpoint = self.home.checkpoint(key.replace(":", "-"))
         run = TrackedRun(
             cfg, self.experiment, key,
@@ -216,7 +223,7 @@ class Worker:
         if not self.tracker.has_artifact(run_id, spec.path.name):
             self.tracker.log_artifact(run_id, spec.path)
             self.tracker.log_dict(run_id, spec.base.as_dict(), "resolved_base_config.json")
-        self.tracker.client.update_run(run_id, status="RUNNING")
+        self.tracker.set_status(run_id, "RUNNING")
         return run_id
 
     def _close_parent(self) -> None:
@@ -232,7 +239,7 @@ class Worker:
             if complete:
                 self.tracker.end_run(self.parent, "finished")
             else:
-                self.tracker.client.update_run(self.parent, status="FAILED")
+                self.tracker.set_status(self.parent, "FAILED")
 
 
 def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
