@@ -15,6 +15,7 @@ AUGMENTATIONS = ("none", "standard", "affine")
 DATASETS = ("cifar10", "mnist")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
+GRID_AXES = ("variant", "aug", "seed")  # the fields a study's grid may vary, in the order of its cells and report
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,11 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from stn_ablation.config import SWEEP_KINDS
+from stn_ablation.results import Run, Study
 from stn_ablation.stats import LEVEL, mean_ci
-
-if TYPE_CHECKING:
-    from stn_ablation.report import Run, Study
 
 DPI = 110
 LINESTYLES = {"none": "-", "standard": "--", "affine": ":"}  # augmentation -> line style

@@ -246,8 +246,8 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
     """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
     and, for each transformer against its twin, the mean paired difference of final test accuracy in points with
     its 95% interval (the report's numbers, from the same code)."""
-    from stn_ablation.report import load_study
     from stn_ablation.report_tables import comparisons
+    from stn_ablation.results import load_study
 
     statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in trials]
     summary = {f"trials_{s}": float(statuses.count(s)) for s in ("finished", "diverged", "pruned", "failed")}
