@@ -15,6 +15,11 @@ AUGMENTATIONS = ("none", "standard", "affine")
 DATASETS = ("cifar10", "mnist")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
+REFERENCE_AUGMENTATIONS = AUGMENTATIONS[:2]  # what bench's tutorial-style reference pipeline can do too
+# --device and --precision: what they mean is device.py's; named here, free of torch, so that the command line's
+# choices import nothing heavy
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GRID_AXES = ("variant", "aug", "seed")  # the fields a study's grid may vary, in the order of its cells and report
 
 
