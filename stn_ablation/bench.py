@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from stn_ablation.config import TrainConfig
+from stn_ablation.config import REFERENCE_AUGMENTATIONS, TrainConfig
 from stn_ablation.data import DataSplits, RawDataset, load_dataset, prepare, split_indices
 from stn_ablation.device import autocast_dtype, cpu_has_native_bf16, usable_cores
 from stn_ablation.errors import ConfigError
@@ -80,8 +80,9 @@ def run_bench(*, variants: list[str], aug: str, batch_size: int, device: torch.d
     return the report. Each variant takes about 2 x `seconds` plus warm-up."""
     if not variants or seconds <= 0 or batch_size < 1:
         raise ConfigError("bench needs at least one variant, --seconds > 0 and --batch-size >= 1")
-    if aug not in ("none", "standard"):
-        raise ConfigError(f"bench compares augmentations the reference can do too: none or standard, not {aug!r}")
+    if aug not in REFERENCE_AUGMENTATIONS:
+        raise ConfigError(f"bench compares augmentations the reference can do too: "
+                          f"{' or '.join(REFERENCE_AUGMENTATIONS)}, not {aug!r}")
     for name in variants:
         get_variant(name)  # an unknown name fails before anything is measured
     amp = autocast_dtype(device, precision)

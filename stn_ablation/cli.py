@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from stn_ablation.config import AUGMENTATIONS, DATASETS, DEVICES, PRECISIONS, REFERENCE_AUGMENTATIONS
 from stn_ablation.errors import UsageError
+from stn_ablation.report import FORMATS
 
 
 DESCRIPTION = """Does a spatial transformer help this classifier, and when? Ablations of STN variants against
@@ -35,8 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--epochs", type=int, help="epochs per run (default 50)")
     training.add_argument("--subset", type=int, help="train on the first N images of a fixed shuffle")
-    training.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    training.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    training.add_argument("--device", default="auto", choices=DEVICES)
+    training.add_argument("--precision", default="auto", choices=PRECISIONS,
                           help="autocast precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
     training.add_argument("--data-root", help="torchvision data root; default $STN_ABLATE_DATA or a cache folder")
 
@@ -44,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, training], help="train one variant as one MLflow run")
     p.add_argument("--variant", required=True, help="registry name, see `stn-ablate list`")
-    p.add_argument("--dataset", choices=("cifar10", "mnist"))
-    p.add_argument("--aug", choices=("none", "standard", "affine"))
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--aug", choices=AUGMENTATIONS)
     p.add_argument("--distort", action="store_true",
                    help="train on randomly rotated/zoomed/shifted images: the same as --aug affine")
     p.add_argument("--seed", type=int)
@@ -65,16 +67,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="write a study's report from its MLflow runs")
     p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
     p.add_argument("--out", help="output folder; default reports/STUDY")
-    p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="format of the tables")
+    p.add_argument("--format", default="md", choices=FORMATS, help="format of the tables")
     p.add_argument("--numerics", help="report only the runs of one device/precision, e.g. cpu/bfloat16 (a study "
                                       "whose runs mix them is refused otherwise)")
 
     p = sub.add_parser("bench", help="training/evaluation throughput of the trainer vs a tutorial-style pipeline")
     p.add_argument("--variant", action="append", help="variant to measure (repeatable); default: all four")
-    p.add_argument("--aug", default="standard", choices=("none", "standard"))
+    p.add_argument("--aug", default="standard", choices=REFERENCE_AUGMENTATIONS)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--seconds", type=float, default=20.0, help="measuring time per pipeline and variant")
     p.add_argument("--real-data", action="store_true", help="real CIFAR-10 instead of synthetic CIFAR-shaped data")
     p.add_argument("--data-root", help="torchvision data root for --real-data")
@@ -190,7 +192,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     if args.study:
         tracker = Tracker(uri, home.artifact_root)
         tracker.check()
-        found = tracker.client.get_experiment_by_name(args.study)
+        found = tracker.find_experiment(args.study)
         if found is None:
             raise UsageError(f"no runs of study {args.study!r} in {uri} yet; run `stn-ablate run --study "
                              f"{args.study}` first")
@@ -239,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from stn_ablation.device import select_device
     from stn_ablation.paths import StateHome
     from stn_ablation.registry import get_variant
-    from stn_ablation.runner import run_tracked
+    from stn_ablation.runner import TrackedRun, run_tracked
     from stn_ablation.tracking import Tracker
 
     if args.distort and args.aug not in (None, "affine"):
@@ -256,9 +258,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     experiment = tracker.experiment("train")
     key = f"train-{cfg.digest()}"
     checkpoint = home.checkpoint(key)
-    run_id, result = run_tracked(cfg, data, device, tracker, experiment, key=key, checkpoint=checkpoint,
-                                 precision=args.precision,
-                                 run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}")
+    run = TrackedRun(cfg, experiment, key, run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}", checkpoint=checkpoint,
+                     precision=args.precision)
+    run_id, result = run_tracked(run, data, device, tracker)
     checkpoint.unlink(missing_ok=True)  # the run is complete in MLflow; the same command trains afresh
     last = result.history[-1] if result.history else None
     print(f"{cfg.variant} {cfg.dataset} aug={cfg.aug} seed={cfg.seed}: {result.status}"

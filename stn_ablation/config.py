@@ -15,6 +15,12 @@ AUGMENTATIONS = ("none", "standard", "affine")
 DATASETS = ("cifar10", "mnist", "mnist_r", "mnist_rts", "mnist_p", "mnist_e", "cifar10_rts")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
+REFERENCE_AUGMENTATIONS = AUGMENTATIONS[:2]  # what bench's tutorial-style reference pipeline can do too
+# --device and --precision: what they mean is device.py's; named here, free of torch, so that the command line's
+# choices import nothing heavy
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+GRID_AXES = ("variant", "aug", "seed")  # the fields a study's grid may vary, in the order of its cells and report
 
 
 @dataclass(frozen=True)

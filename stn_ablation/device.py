@@ -8,10 +8,8 @@ from pathlib import Path
 
 import torch
 
+from stn_ablation.config import DEVICES, PRECISIONS
 from stn_ablation.errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -12,13 +12,11 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from stn_ablation.config import SWEEP_KINDS
+from stn_ablation.results import Run, Study
 from stn_ablation.stats import LEVEL, mean_ci
-
-if TYPE_CHECKING:
-    from stn_ablation.report import Run, Study
 
 DPI = 110
 LINESTYLES = {"none": "-", "standard": "--", "affine": ":"}  # augmentation -> line style
@@ -100,7 +98,7 @@ def _trials(study: Study, out: Path) -> dict[str, str]:
                               "drawn thick; dotted: trials that did not finish (pruned, diverged, failed)."}
 
 
-def copy_stn_grids(client, study: Study, out: Path) -> dict[str, str]:
+def copy_stn_grids(tracker, study: Study, out: Path) -> dict[str, str]:
     """The last-epoch before/after picture of one run per STN variant x augmentation (its lowest seed, or the
     best trial of a tuning study), copied from MLflow into `out`, as {file name: caption}."""
     pictures = {}
@@ -108,12 +106,12 @@ def copy_stn_grids(client, study: Study, out: Path) -> dict[str, str]:
         if not runs[0].stn:
             continue
         run = min(runs, key=lambda r: (r.seed, -r.metrics.get("best_val_acc", 0.0), r.trial, r.id))
-        names = sorted(f.path for f in client.list_artifacts(run.id, "stn") if f.path.endswith(".png"))
+        names = sorted(path for path in tracker.list_artifacts(run.id, "stn") if path.endswith(".png"))
         if not names:
             continue
         target = f"stn_{variant}_{aug}_s{run.seed}.png"
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(client.download_artifacts(run.id, names[-1], tmp), out / target)
+            shutil.copyfile(tracker.download_artifact(run.id, names[-1], tmp), out / target)
         epoch = int("".join(c for c in Path(names[-1]).stem if c.isdigit()) or 0)
         pictures[target] = (f"{variant}, augmentation {aug}, seed {run.seed}, epoch {epoch} (run {run.short}): "
                             "each row of test images is followed by the row of what the transformer makes of them.")

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from stn_ablation.config import REFERENCE_AUGMENTATIONS
 from stn_ablation.device import usable_cores
 from stn_ablation.errors import ConfigError
 
@@ -41,7 +42,7 @@ class PILImages(Dataset):
 
 def tutorial_transform(aug: str, mean: tuple[float, ...], std: tuple[float, ...]) -> transforms.Compose:
     """The tutorial's Compose: "standard" adds the 4-pixel random crop and the flip in front of ToTensor+Normalize."""
-    if aug not in ("none", "standard"):
+    if aug not in REFERENCE_AUGMENTATIONS:
         raise ConfigError(f"the reference pipeline has no {aug!r} augmentation; use none or standard")
     augmentation = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
     return transforms.Compose([*(augmentation if aug == "standard" else []), transforms.ToTensor(),

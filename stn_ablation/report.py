@@ -1,175 +1,29 @@
 """Tracked runs -> a study's report: `reports/<study>/README.md`, its figures and (optionally) LaTeX or CSV tables.
 
-Reads MLflow only, through the tracker's client: never trains, never opens Optuna. This module loads the runs,
-assembles the document and writes the files; the tables and the sentences that read them live in report_tables.py,
-the pictures in figures.py. Everything is sorted, so the same runs always give the same bytes; the one date in the
-report is the newest run's end time, not the clock. Nothing that did not finish is dropped without a line."""
+Reads MLflow only, through the tracker: never trains, never opens Optuna. The runs are loaded by results.py; this
+module assembles the document and writes the files; the tables and the sentences that read them live in
+report_tables.py, the pictures in figures.py. Everything is sorted, so the same runs always give the same bytes; the
+one date in the report is the newest run's end time, not the clock. Nothing that did not finish is dropped without a
+line."""
 
 from __future__ import annotations
 
 import csv
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from stn_ablation.errors import UsageError
 from stn_ablation.report_tables import (Table, best_config_table, best_trial_sentence, comparisons, effect_sentence,
                                         effects_table, issues_table, main_table, objective, robustness_table,
                                         theta_sentence, theta_table, trials_table)
+from stn_ablation.results import Study, load_study
 from stn_ablation.stats import ALPHA, UNDERPOWERED
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("md", "latex", "csv")
-GRID_AXES = ("variant", "aug", "seed")
-AUG_ORDER = ("none", "standard", "affine")
-RUNNING = "running/incomplete"  # a child without a status tag: still running, or its process died unannounced
 DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 GENERATED = ("README.md", "tables.tex", "fig_*.png", "stn_*.png", "table_*.csv")  # what a re-run may replace
-
-
-@dataclass(frozen=True)
-class Run:
-    """One child run (one trial), reduced to what the report uses."""
-
-    id: str
-    name: str
-    variant: str
-    aug: str
-    seed: int
-    trial: int
-    status: str  # finished | diverged | pruned | failed | RUNNING
-    reason: str
-    start: int  # ms since the epoch
-    end: int | None
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]  # each metric's latest value
-    history: dict[str, dict[int, float]]  # val_acc / test_acc -> epoch -> value
-
-    @property
-    def short(self) -> str:
-        return self.id[:8]
-
-    @property
-    def stn(self) -> bool:
-        return self.tags.get("stn") == "true"
-
-
-@dataclass
-class Study:
-    """The newest version of a study: its parent run, the child runs under it, and which of them count."""
-
-    name: str
-    experiment_id: str
-    parent_id: str
-    parent_tags: dict[str, str]
-    parent_params: dict[str, str]
-    parent_end: int | None
-    runs: list[Run]  # every child, sorted by variant, augmentation, seed, trial
-    older: list[tuple[str, str]]  # (run id, study digest) of older versions' parent runs
-    variants: list[str]  # the study file's order, then any other seen, sorted
-    augs: list[str]
-    grid: dict[str, list[str]]  # axis -> values, from the parent's grid.* params
-    phase: str  # "grid" or "tune"
-    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (variant, aug) -> finished runs
-    superseded: list[Run] = field(default_factory=list)  # finished runs of a grid cell that has a newer one
-
-    def cells(self) -> list[tuple[tuple[str, str], list[Run]]]:
-        """((variant, aug), finished runs by seed) for every cell with at least one, in report order."""
-        return [((v, a), self.counted[(v, a)]) for v in self.variants for a in self.augs if (v, a) in self.counted]
-
-    def expected_cells(self) -> list[tuple[str, str, int]]:
-        """Every (variant, aug, seed) the grid asks for; an axis not in the grid takes the base config's value."""
-        axes = [self.grid.get(a) or [self.parent_params.get(f"base.{a}", "?")] for a in GRID_AXES]
-        return [(v, a, _int(s)) for v in axes[0] for a in axes[1] for s in axes[2]]
-
-
-# -- reading MLflow ------------------------------------------------------------------------------------------------
-
-def numerics(run: Run) -> str:
-    """Device type and autocast precision, e.g. cpu/bfloat16: runs that differ in it are not pooled."""
-    return f"{run.tags.get('device', '?').split(':')[0]}/{run.tags.get('precision', '?')}"
-
-
-def load_study(tracker, name: str, only: str | None = None) -> Study:
-    """The newest parent run of study `name` and its children; UsageError when the study was never run, or when
-    its finished runs mix device types or precisions and `only` (a `numerics` value) does not pick one."""
-    client = tracker.client
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None or experiment.lifecycle_stage != "active":
-        raise UsageError(f"no runs of study {name!r} in {tracker.uri}; run `stn-ablate run --study {name}` first")
-    parents = sorted(_search(client, experiment.experiment_id, "tags.phase = 'study'"),
-                     key=lambda r: (r.info.start_time, r.info.run_id), reverse=True)
-    if not parents:
-        raise UsageError(f"experiment {name!r} holds no study run; run `stn-ablate run --study {name}` first")
-    parent = parents[0]
-    params = dict(parent.data.params)
-    grid = {a: params[f"grid.{a}"].split(",") for a in GRID_AXES if f"grid.{a}" in params}
-    runs = [_run(client, r) for r in
-            _search(client, experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
-    runs = [r for r in runs if only is None or numerics(r) == only]
-    mixed = Counter(numerics(r) for r in runs if r.status == "finished")
-    if len(mixed) > 1:
-        counts = ", ".join(f"{k}: {n}" for k, n in sorted(mixed.items()))
-        raise UsageError(f"study {name!r} has finished runs in more than one device/precision ({counts}); a mean "
-                         f"over them would pool different numerics: pass --numerics {mixed.most_common(1)[0][0]} "
-                         "(or another of them) to report one")
-    variants = _ordered({r.variant for r in runs}, grid.get("variant", []))
-    augs = _ordered({r.aug for r in runs}, grid.get("aug", []) + list(AUG_ORDER))
-    runs.sort(key=lambda r: (variants.index(r.variant), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
-    tuning = any(r.tags.get("phase") == "tune" for r in runs) or not grid
-    older = [(p.info.run_id, p.data.tags.get("study_digest", "?")) for p in parents[1:]]
-    study = Study(name, experiment.experiment_id, parent.info.run_id, dict(parent.data.tags), params,
-                  parent.info.end_time, runs, older, variants, augs, grid, "tune" if tuning else "grid")
-    for run in runs:
-        if run.status != "finished" or "final_test_acc" not in run.metrics:
-            continue
-        cell = study.counted.setdefault((run.variant, run.aug), [])
-        same = next((r for r in cell if r.seed == run.seed), None) if not tuning else None
-        if same is None:
-            cell.append(run)
-        else:  # two finished runs of one grid cell: the newer counts, the other is listed
-            keep, drop = (run, same) if (run.start, run.id) > (same.start, same.id) else (same, run)
-            cell[cell.index(same)] = keep
-            study.superseded.append(drop)
-    return study
-
-
-def _search(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _run(client, r) -> Run:
-    tags, params = dict(r.data.tags), dict(r.data.params)
-    history = {}
-    for key in ("val_acc", "test_acc"):
-        points = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
-        if points:
-            history[key] = {m.step: m.value for m in points}
-    return Run(r.info.run_id, r.info.run_name or "", tags.get("variant", params.get("variant", "?")),
-               tags.get("augmentation", params.get("aug", "?")), _int(tags.get("seed", params.get("seed"))),
-               _int(tags.get("trial")), tags.get("status", RUNNING), tags.get("status_reason", ""),
-               r.info.start_time or 0, r.info.end_time, tags, params, dict(r.data.metrics), history)
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return -1
-
-
-def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:
-    """`preferred` (the study file's order) first, then anything else seen, sorted."""
-    return list(dict.fromkeys(preferred)) + sorted(seen - set(preferred))
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -177,7 +31,7 @@ def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:
 def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | None = None) -> Path:
     """Write the report of `study` into `out` (default reports/<study>), log it to the study's parent run under
     `report/`, and return the README's path. `fmt`: md (README only), latex (+ tables.tex), csv (+ a CSV per
-    table). `only`: report just the runs of one device/precision (see `numerics`)."""
+    table). `only`: report just the runs of one device/precision (see `results.numerics`)."""
     from stn_ablation import figures
 
     if fmt not in FORMATS:
@@ -191,7 +45,7 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
     for pattern in GENERATED:  # an earlier report's files, which this one may not write again
         for old in out.glob(pattern):
             old.unlink()
-    pictures = {**figures.copy_stn_grids(tracker.client, loaded, out), **figures.draw(loaded, out)}
+    pictures = {**figures.copy_stn_grids(tracker, loaded, out), **figures.draw(loaded, out)}
     text, tables = render(loaded, fmt, pictures)
     written = [out / "README.md", *(out / name for name in pictures)]
     written[0].write_text(text, encoding="utf-8")
@@ -203,7 +57,7 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
             written.append(out / f"{table.name}.csv")
             _csv(table, written[-1])
     for path in sorted(written):
-        tracker.client.log_artifact(loaded.parent_id, str(path), "report")
+        tracker.log_artifact(loaded.parent_id, path, "report")
     return written[0]
 
 

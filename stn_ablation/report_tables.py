@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stn_ablation.config import SWEEP_KINDS
+from stn_ablation.results import Run, Study
 from stn_ablation.stats import ALPHA, LEVEL, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci, paired_t
-
-if TYPE_CHECKING:
-    from stn_ablation.report import Run, Study
 
 AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rotate/zoom/shift+flip"}
 THETA = (("scale", "scale"), ("rotation_deg", "rotation (°)"), ("shear", "shear"), ("tx", "tx"), ("ty", "ty"),

@@ -3,15 +3,16 @@ record exactly the same things."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data import DataSplits
 from stn_ablation.device import autocast_dtype, precision_name
@@ -19,24 +20,31 @@ from stn_ablation.evaluate import score
 from stn_ablation.registry import get_variant
 from stn_ablation.robustness import sweep_accuracy, theta_stats
 from stn_ablation.tracking import DatasetRecord, Tracker
-from stn_ablation.train import EpochHook, EpochStats, StopRun, TrainResult, train
+from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
 
 
 class Progress:
-    """One live line per run: label, epoch k/N, loss, accuracy, ETA."""
+    """One live line per run: label, epoch k/N, loss, accuracy, ETA. The bar starts when training does, at the
+    epochs a resumed run already has."""
 
-    def __init__(self, label: str, epochs: int, done: int = 0):
+    def __init__(self, label: str, epochs: int):
+        self.label, self.epochs, self.bar = label, epochs, None
+        self.hooks = Hooks(on_start=self.start, on_epoch=self.update, on_end=lambda result: self.close())
+
+    def start(self, resumed: list[EpochStats]) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=epochs, initial=done, desc=label, unit="epoch", dynamic_ncols=True, leave=True)
+        self.bar = tqdm(total=self.epochs, initial=len(resumed), desc=self.label, unit="epoch", dynamic_ncols=True,
+                        leave=True)
 
-    def __call__(self, stats: EpochStats, model: nn.Module) -> None:
+    def update(self, stats: EpochStats, model: nn.Module) -> None:
         self.bar.set_postfix(loss=f"{stats.train_loss:.3f}", train=f"{stats.train_acc:.3f}",
                              val=f"{stats.val_acc:.3f}", refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def grid_epochs(epochs: int) -> set[int]:
@@ -44,58 +52,94 @@ def grid_epochs(epochs: int) -> set[int]:
     return {1, (epochs + 1) // 2, epochs}
 
 
-def run_tracked(cfg: TrainConfig, data: DataSplits, device: torch.device, tracker: Tracker, experiment_id: str, *,
-                key: str, run_name: str, checkpoint: Path, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None, hooks: Sequence[EpochHook] = (), progress_label: str | None = None,
-                on_start: Callable[[str], None] | None = None, reuse_finished: bool = False,
-                robustness: RobustnessConfig = RobustnessConfig(), precision: str = "auto"
+@dataclass(frozen=True)
+class TrackedRun:
+    """What `run_tracked` trains and how MLflow files it; built by `stn-ablate train` and by each study trial."""
+
+    cfg: TrainConfig
+    experiment_id: str
+    key: str  # the unit of work across re-runs of the same command (tracking.KEY_TAG)
+    run_name: str
+    checkpoint: Path
+    tags: Mapping[str, str] = field(default_factory=dict)  # on top of the config's own (variant, seed, ...)
+    parent_run_id: str | None = None
+    progress_label: str | None = None  # the progress bar's label; default the run name
+    reuse_finished: bool = False  # a finished run of `key` is returned as it is (see Tracker.open_run)
+    robustness: RobustnessConfig = RobustnessConfig()
+    precision: str = "auto"
+
+
+def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker: Tracker, *,
+                hooks: Sequence[Hooks] = (), on_open: Callable[[str], None] | None = None
                 ) -> tuple[str, TrainResult]:
-    """Train `cfg` as the MLflow run identified by `key`. A killed run re-run with the same key continues its
-    checkpoint in the same MLflow run, with no gap and no duplicate step. A hook's `StopRun` (pruning) closes the
-    run as pruned and propagates; so does any other error, closing it as failed. A finished run is then evaluated
-    under the `robustness` sweeps."""
+    """Train `run.cfg` as the MLflow run identified by `run.key`. A killed run re-run with the same key continues
+    its checkpoint in the same MLflow run, with no gap and no duplicate step. `on_open` gets the run id before
+    training; `hooks` listen to the trainer after the MLflow logging and the progress bar. A hook's `StopRun`
+    (pruning) closes the run as pruned and propagates; so does any other error, closing it as failed. A finished
+    run is then evaluated under the `robustness` sweeps."""
+    cfg = run.cfg
     run_id = tracker.open_run(
-        experiment_id, key, run_name, parent_run_id=parent_run_id, params=_params(cfg),
-        reuse_finished=reuse_finished,
+        run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id, params=_params(cfg),
+        reuse_finished=run.reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
-              "precision": precision_name(autocast_dtype(device, precision)), **(tags or {})})
-    if on_start:
-        on_start(run_id)
+              "precision": precision_name(autocast_dtype(device, run.precision)), **run.tags})
+    if on_open:
+        on_open(run_id)
     tracker.log_datasets(run_id, dataset_records(data))
-    resumed = checkpointed_history(checkpoint)
-    tracker.log_epochs(run_id, resumed)  # fills what a kill between checkpoint and logging left out
-    if resumed:
-        tracker.set_tags(run_id, {"resumed_from_epoch": str(len(resumed))})
-    progress = Progress(progress_label or run_name, cfg.epochs, len(resumed))
-    pictures = grid_epochs(cfg.epochs)
-
-    def record(stats: EpochStats, model: nn.Module) -> None:
-        tracker.log_epochs(run_id, [stats])
-        if getattr(model, "stn", None) is not None and stats.epoch in pictures:
-            from stn_ablation.visualize import stn_grid
-
-            fig = stn_grid(model, data, title=f"{cfg.variant}, epoch {stats.epoch}")
-            tracker.log_figure(run_id, fig, f"stn/epoch_{stats.epoch:03d}.png")
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-
-    start = time.perf_counter()
+    progress = Progress(run.progress_label or run.run_name, cfg.epochs)
+    sampling = contextlib.ExitStack()
+    recorder = Recorder(tracker, run_id, run, data, sampling)
     try:
-        with tracker.system_metrics(run_id, resumed=bool(resumed)):
-            result = train(cfg, data, device, checkpoint=checkpoint, on_epoch=_chain(record, progress, *hooks),
-                           precision=precision)
+        with sampling:
+            result = train(cfg, data, device, checkpoint=run.checkpoint, precision=run.precision,
+                           **fan_out([progress.hooks, recorder.hooks, *hooks]))
     except StopRun as e:
         tracker.end_run(run_id, "pruned", str(e))
         raise
     except Exception as e:  # Ctrl-C and kill leave the run open: the same command resumes it
-        tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
+        if not recorder.finishing:  # so does an error while finishing: the re-run finishes it (see _finish)
+            tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         progress.close()
-    _finish(tracker, run_id, result, data, time.perf_counter() - start, robustness, precision)
     return run_id, result
+
+
+class Recorder:
+    """The trainer's events as one MLflow run: resumed epochs replayed, each epoch's metrics (and an STN's
+    pictures), system metrics while training, then the final metrics, the robustness sweeps and the model."""
+
+    def __init__(self, tracker: Tracker, run_id: str, run: TrackedRun, data: DataSplits,
+                 sampling: contextlib.ExitStack):
+        self.tracker, self.run_id, self.run, self.data, self.sampling = tracker, run_id, run, data, sampling
+        self.pictures = grid_epochs(run.cfg.epochs)
+        self.started = time.perf_counter()
+        self.finishing = False
+        self.hooks = Hooks(on_start=self.start, on_epoch=self.epoch, on_end=self.end)
+
+    def start(self, resumed: list[EpochStats]) -> None:
+        self.tracker.log_epochs(self.run_id, resumed)  # fills what a kill between checkpoint and logging left out
+        if resumed:
+            self.tracker.set_tags(self.run_id, {"resumed_from_epoch": str(len(resumed))})
+        self.sampling.enter_context(self.tracker.system_metrics(self.run_id, resumed=bool(resumed)))
+
+    def epoch(self, stats: EpochStats, model: nn.Module) -> None:
+        self.tracker.log_epochs(self.run_id, [stats])
+        if getattr(model, "stn", None) is not None and stats.epoch in self.pictures:
+            from stn_ablation.visualize import stn_grid
+
+            fig = stn_grid(model, self.data, title=f"{self.run.cfg.variant}, epoch {stats.epoch}")
+            self.tracker.log_figure(self.run_id, fig, f"stn/epoch_{stats.epoch:03d}.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+    def end(self, result: TrainResult) -> None:
+        self.sampling.close()  # system metrics describe training, not the evaluation below
+        self.finishing = True
+        _finish(self.tracker, self.run_id, result, self.data, time.perf_counter() - self.started,
+                self.run.robustness, self.run.precision)
 
 
 def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits, seconds: float,
@@ -140,20 +184,7 @@ def _params(cfg: TrainConfig) -> dict:
     return params
 
 
-def checkpointed_history(path: Path) -> list[EpochStats]:
-    """The epochs a checkpoint already holds (none if there is no checkpoint)."""
-    state = load_checkpoint(path)
-    return [EpochStats(**h) for h in state["history"]] if state else []
-
-
 def _ablation_tags(variant: str) -> dict[str, str]:
     """Tags that let the report pair an STN run with its twin's without importing any model code."""
     twin = get_variant(variant).twin
     return {"stn": "true", "twin": twin} if twin else {"stn": "false"}
-
-
-def _chain(*hooks: EpochHook) -> EpochHook:
-    def call(stats: EpochStats, model: nn.Module) -> None:
-        for hook in hooks:
-            hook(stats, model)
-    return call

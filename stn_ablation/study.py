@@ -24,11 +24,11 @@ from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
-from stn_ablation.runner import checkpointed_history, run_tracked
+from stn_ablation.runner import TrackedRun, run_tracked
 from stn_ablation.storage import StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
 from stn_ablation.tracking import Tracker
-from stn_ablation.train import StopRun, TrainResult
+from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,12 @@ class Worker:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.tracker.check()
         self._splits(spec.base)  # missing or broken data fails here, before any trial is created
-        storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
+        self.storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
         with self.lock():
             self.study = optuna.create_study(
-                study_name=spec.storage_name, storage=storage, direction="maximize", load_if_exists=True,
+                study_name=spec.storage_name, storage=self.storage, direction="maximize", load_if_exists=True,
                 sampler=_sampler(spec, 0), pruner=_pruner(spec))
+            self.study_id = self.storage.get_study_id_from_name(spec.storage_name)
             self.study.set_metric_names([spec.metric])
             self.experiment = self.tracker.experiment(spec.name)
             self.parent = self._open_parent()
@@ -120,13 +121,19 @@ class Worker:
         for t in trials:
             if t.state != TrialState.RUNNING or owner_alive(t.user_attrs.get("owner"), t.user_attrs.get("heartbeat")):
                 continue
-            storage = self.study._storage
-            storage.set_trial_user_attr(t._trial_id, "status", "failed")
-            storage.set_trial_user_attr(t._trial_id, "reason", f"worker {t.user_attrs.get('owner')} is gone")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            trial_id = self._id_of(t.number)
+            self.storage.set_trial_user_attr(trial_id, "status", "failed")
+            self.storage.set_trial_user_attr(trial_id, "reason", f"worker {t.user_attrs.get('owner')} is gone")
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             log.info("trial %d lost its worker; queued again", t.number)
             if self.spec.search:  # the retry continues the same run and checkpoint: it has the same origin
                 self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": _origin(t)})
+
+    def _id_of(self, number: int) -> int:
+        """The storage's id of trial `number`. Another worker's trial (an orphan) has no `optuna.Trial` here, and a
+        heartbeat thread should not share the main thread's: both are written through the storage, which
+        addresses trials by id."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     # -- running --------------------------------------------------------------------------------------------
 
@@ -139,23 +146,23 @@ class Worker:
         trial.set_user_attr("origin", _origin(trial))
         cell = trial.user_attrs.get("cell") or key
         index = _cell_index(spec, params, trial)
-        storage = self.study._storage
-        beat = Heartbeat(lambda: storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time()))
+        trial_id = self._id_of(trial.number)
+        beat = Heartbeat(lambda: self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time()))
         checkpoint = self.home.checkpoint(key.replace(":", "-"))
-        for stats in checkpointed_history(checkpoint):  # a resumed trial re-reports what its checkpoint holds
-            trial.report(getattr(stats, spec.metric), stats.epoch)
-        hooks = [_reporting_hook(trial, spec.metric, prune=bool(spec.search) and spec.pruner != "none")]
-        label = f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}"
+        run = TrackedRun(
+            cfg, self.experiment, key,
+            run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
+            checkpoint=checkpoint, parent_run_id=self.parent, reuse_finished=True, robustness=spec.robustness,
+            precision=self.precision,
+            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}",
+            tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
+                  "cell": cell, "study_file_sha256": spec.file_sha256})
         with beat:
             try:
                 _, result = run_tracked(
-                    cfg, self._splits(cfg), self.device, self.tracker, self.experiment, key=key,
-                    run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
-                    checkpoint=checkpoint, parent_run_id=self.parent, hooks=hooks, progress_label=label,
-                    reuse_finished=True, robustness=spec.robustness, precision=self.precision,
-                    on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-                    tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase,
-                          "trial": str(trial.number), "cell": cell, "study_file_sha256": spec.file_sha256})
+                    run, self._splits(cfg), self.device, self.tracker,
+                    hooks=[_optuna_hooks(trial, spec.metric, prune=bool(spec.search) and spec.pruner != "none")],
+                    on_open=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
             except StopRun as e:
                 self._end(trial, TrialState.PRUNED, "pruned", str(e), None)
                 checkpoint.unlink(missing_ok=True)
@@ -216,7 +223,7 @@ class Worker:
         if not self.tracker.has_artifact(run_id, spec.path.name):
             self.tracker.log_artifact(run_id, spec.path)
             self.tracker.log_dict(run_id, spec.base.as_dict(), "resolved_base_config.json")
-        self.tracker.client.update_run(run_id, status="RUNNING")
+        self.tracker.set_status(run_id, "RUNNING")
         return run_id
 
     def _close_parent(self) -> None:
@@ -232,15 +239,15 @@ class Worker:
             if complete:
                 self.tracker.end_run(self.parent, "finished")
             else:
-                self.tracker.client.update_run(self.parent, status="FAILED")
+                self.tracker.set_status(self.parent, "FAILED")
 
 
 def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
     """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
     and, for each transformer against its twin, the mean paired difference of final test accuracy in points with
     its 95% interval (the report's numbers, from the same code)."""
-    from stn_ablation.report import load_study
     from stn_ablation.report_tables import comparisons
+    from stn_ablation.results import load_study
 
     statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in trials]
     summary = {f"trials_{s}": float(statuses.count(s)) for s in ("finished", "diverged", "pruned", "failed")}
@@ -290,6 +297,17 @@ def _value(result: TrainResult, metric: str) -> float | None:
         return None
     value = getattr(result.history[-1], metric)
     return None if math.isnan(value) else value
+
+
+def _optuna_hooks(trial: optuna.Trial, metric: str, prune: bool) -> Hooks:
+    """The trial's side of the trainer's events: a resumed trial re-reports the epochs its checkpoint holds (never
+    pruning on them), then each new epoch is reported and, with `prune`, may stop the run."""
+    replay = _reporting_hook(trial, metric, prune=False)
+
+    def start(resumed: list[EpochStats]) -> None:
+        for stats in resumed:
+            replay(stats, None)
+    return Hooks(on_start=start, on_epoch=_reporting_hook(trial, metric, prune))
 
 
 def _reporting_hook(trial: optuna.Trial, metric: str, prune: bool):

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stn_ablation.config import RobustnessConfig, TrainConfig
+from stn_ablation.config import GRID_AXES, RobustnessConfig, TrainConfig
 from stn_ablation.errors import ConfigError, UsageError
 from stn_ablation.registry import UnknownVariantError, get_variant
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-GRID_AXES = ("variant", "aug", "seed")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 METRICS = ("val_acc", "test_acc")

@@ -99,6 +99,25 @@ class Tracker:
                     self.client.set_experiment_tag(experiment_id, k, v)
         return experiment_id
 
+    def find_experiment(self, name: str):
+        """Experiment `name` as MLflow has it (a deleted one too: see its lifecycle_stage), or None; never creates
+        one."""
+        return self.client.get_experiment_by_name(name)
+
+    def search_runs(self, experiment_id: str, filter_string: str) -> list:
+        """Every run of the experiment that matches `filter_string`, through all pages of the search."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every value of metric `key` the run logged, in the store's order."""
+        return self.client.get_metric_history(run_id, key)
+
     def find_run(self, experiment_id: str, key: str):
         """The newest run tagged with `key`, or None."""
         runs = self.client.search_runs([experiment_id], f"tags.`{KEY_TAG}` = '{key}'",
@@ -112,7 +131,7 @@ class Tracker:
         run = self.find_run(experiment_id, key)
         if run is not None and (run.info.status != "FINISHED" or reuse_finished):
             if run.info.status != "FINISHED":
-                self.client.update_run(run.info.run_id, status="RUNNING")
+                self.set_status(run.info.run_id, "RUNNING")
             return run.info.run_id
         all_tags = {**tags, KEY_TAG: key, **git_tags()}
         if parent_run_id:
@@ -123,7 +142,7 @@ class Tracker:
 
     def logged_epochs(self, run_id: str) -> int:
         """The last epoch whose metrics are in the store (0 if none)."""
-        return max((m.step for m in self.client.get_metric_history(run_id, "train_loss")), default=0)
+        return max((m.step for m in self.metric_history(run_id, "train_loss")), default=0)
 
     def log_epochs(self, run_id: str, history: Iterable[Any]) -> None:
         """Log per-epoch statistics with step = epoch; epochs already in the store are skipped, so replaying a
@@ -148,7 +167,7 @@ class Tracker:
         its final metrics, then re-run) leaves one value per key and step."""
         present = self.client.get_run(run_id).data.metrics
         logged = {k for k in values if k in present
-                  and any(m.step == step for m in self.client.get_metric_history(run_id, k))}
+                  and any(m.step == step for m in self.metric_history(run_id, k))}
         fresh = {k: v for k, v in values.items() if k not in logged}
         for i in range(0, len(fresh), 1000):  # MLflow's batch limit
             self.log_metrics(run_id, dict(list(fresh.items())[i:i + 1000]), step)
@@ -217,8 +236,21 @@ class Tracker:
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_path), artifact_path)
 
+    def list_artifacts(self, run_id: str, folder: str | None = None) -> list[str]:
+        """Paths of the run's artifacts directly in `folder` (default: at the top)."""
+        return [f.path for f in self.client.list_artifacts(run_id, folder)]
+
     def has_artifact(self, run_id: str, path: str) -> bool:
-        return any(f.path == path for f in self.client.list_artifacts(run_id))
+        return path in self.list_artifacts(run_id)
+
+    def download_artifact(self, run_id: str, path: str, destination: str) -> str:
+        """Copy artifact `path` of the run into folder `destination`; the local file's path."""
+        return self.client.download_artifacts(run_id, path, destination)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Only MLflow's status of the run (RUNNING, FAILED, ...), not the suite's status tags: for a run that is
+        reopened, or (a study's parent) left incomplete while other workers may still add to it."""
+        self.client.update_run(run_id, status=status)
 
     def end_run(self, run_id: str, status: str, reason: str = "") -> None:
         """Close a run. `status` is the suite's (finished, diverged, pruned, failed); MLflow's own status is

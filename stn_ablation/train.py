@@ -1,7 +1,9 @@
 """The one trainer every variant shares: config and data in, per-epoch statistics out.
 
-It knows nothing of Optuna or MLflow: they attach through the `on_epoch` hook, which may raise to stop a run
-(pruning). Every epoch ends with an atomic checkpoint, so a killed run resumes where it was, bit for bit on the CPU.
+It knows nothing of Optuna or MLflow: they listen to its three events (start, with the epochs a resumed checkpoint
+already holds; each epoch; end, with the result and its model), and an epoch's listener may raise to stop a run
+(pruning). Every epoch ends with an atomic checkpoint, so a killed run resumes where it was, bit for bit on the CPU;
+the trainer is the only reader of that checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -58,7 +60,32 @@ class TrainResult:
         return max(scored)[1] if scored else 0
 
 
-EpochHook = Callable[[EpochStats, nn.Module], None]
+StartHook = Callable[[list[EpochStats]], None]  # the epochs the checkpoint already holds; none for a fresh run
+EpochHook = Callable[[EpochStats, nn.Module], None]  # after the epoch's checkpoint; may raise StopRun
+EndHook = Callable[[TrainResult], None]  # finished or diverged, with the model
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """One listener on the trainer's events (MLflow logging, the progress bar, a tuner's reporting): whatever it
+    does not listen to is None. `train` takes one callable per event; `fan_out` calls several listeners in order."""
+
+    on_start: StartHook | None = None
+    on_epoch: EpochHook | None = None
+    on_end: EndHook | None = None
+
+
+def fan_out(listeners: Sequence[Hooks]) -> dict[str, Callable[..., None]]:
+    """`train`'s keyword hooks for `listeners`: each event calls every listener of it, in the order given."""
+
+    def event(name: str) -> Callable[..., None]:
+        calls = [hook for hook in (getattr(listener, name) for listener in listeners) if hook is not None]
+
+        def call(*args) -> None:
+            for hook in calls:
+                hook(*args)
+        return call
+    return {name: event(name) for name in ("on_start", "on_epoch", "on_end")}
 
 
 class StopRun(Exception):
@@ -103,10 +130,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
-          on_epoch: EpochHook | None = None, precision: str = "auto") -> TrainResult:
+          on_start: StartHook | None = None, on_epoch: EpochHook | None = None, on_end: EndHook | None = None,
+          precision: str = "auto") -> TrainResult:
     """Train `cfg.variant` on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
     an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
-    `precision` (see device.autocast_dtype) changes speed, not what is compared."""
+    `precision` (see device.autocast_dtype) changes speed, not what is compared. The hooks hear the run start
+    (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its end; none of
+    them changes the run's random numbers."""
     amp = autocast_dtype(device, precision)
     if device.type == "cpu":
         keep_freed_memory()
@@ -136,15 +166,20 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         scaler.load_state_dict(state["scaler"])
         history = [EpochStats(**h) for h in state["history"]]
         _set_rng(state["rng"], generator)
+    if on_start:
+        rng = _get_rng(generator)
+        on_start(list(history))
+        _set_rng(rng, generator)
 
+    status, reason = "finished", ""
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         loss, acc, seen = _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp,
                                        steps_per_epoch)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(loss) or loss > DIVERGED_LOSS * math.log(data.num_classes):
-            return TrainResult(cfg, "diverged", f"diverged at epoch {epoch}: train loss is {loss:.4g}", history,
-                               model)
+            status, reason = "diverged", f"diverged at epoch {epoch}: train loss is {loss:.4g}"
+            break
         val_acc = accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size, amp)
         test_acc = accuracy(model, data.test_x, data.test_y, cfg.eval_batch_size, amp)
         lr = next(g["lr"] for g in optimizer.param_groups if g["name"] == "classifier")
@@ -159,7 +194,10 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         if on_epoch:
             on_epoch(stats, model)
             _set_rng(rng, generator)  # a hook that draws random numbers must not change the run
-    return TrainResult(cfg, "finished", "", history, model)
+    result = TrainResult(cfg, status, reason, history, model)
+    if on_end:
+        on_end(result)
+    return result
 
 
 def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps) -> tuple[float, float, int]:

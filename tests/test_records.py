@@ -20,7 +20,7 @@ from stn_ablation.data import prepare
 from stn_ablation.device import AUTOCAST_DTYPES, precision_flag
 from stn_ablation.evaluate import score
 from stn_ablation.paths import StateHome
-from stn_ablation.runner import run_tracked
+from stn_ablation.runner import TrackedRun, run_tracked
 from stn_ablation.storage import open_storage
 from stn_ablation.studyfile import StudyFileError, load_study
 from stn_ablation.tracking import Tracker
@@ -127,10 +127,10 @@ def test_finishing_a_run_twice_logs_each_metric_once(small_cifar, tmp_path, shri
     tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art")
     experiment = tracker.experiment("twice")
     cfg = TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=64)
-    kwargs = dict(key="cell", run_name="r", checkpoint=tmp_path / "c.pt", reuse_finished=True,
-                  robustness=RobustnessConfig(rotate=(0, 30), scale=(1.0,), translate=(0,), images=50))
-    first, _ = run_tracked(cfg, data, CPU, tracker, experiment, **kwargs)
-    again, _ = run_tracked(cfg, data, CPU, tracker, experiment, **kwargs)  # the checkpoint holds every epoch
+    run = TrackedRun(cfg, experiment, key="cell", run_name="r", checkpoint=tmp_path / "c.pt", reuse_finished=True,
+                     robustness=RobustnessConfig(rotate=(0, 30), scale=(1.0,), translate=(0,), images=50))
+    first, _ = run_tracked(run, data, CPU, tracker)
+    again, _ = run_tracked(run, data, CPU, tracker)  # the checkpoint holds every epoch
     assert again == first
     for key in tracker.client.get_run(first).data.metrics:
         if key.startswith("system/"):

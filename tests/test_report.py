@@ -22,7 +22,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from scipy import stats as sps
 
-from stn_ablation import report
+from stn_ablation import report, results
 from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
 from stn_ablation.report_tables import Comparison
@@ -185,13 +185,13 @@ def test_missing_failed_diverged_and_running_are_listed(fab, store):
     assert rows["tutorial_stn", "standard", 3]["status"] == "missing"
     assert rows["tutorial_stn", "none", 3]["status"] == "failed"
     assert rows["tutorial_cnn", "none", 3]["status"] == "diverged"
-    assert rows["tutorial_cnn", "standard", 3]["status"] == report.RUNNING
+    assert rows["tutorial_cnn", "standard", 3]["status"] == results.RUNNING
     assert len(rows) == 4
     for key in (("tutorial_stn", "none", 3), ("tutorial_cnn", "none", 3), ("tutorial_cnn", "standard", 3)):
         assert rows[key]["run_id"] == store["runs"][key]
     text = store["readme"].read_text()
     section = text.split("## Runs not counted")[1].split("##")[0]
-    for word in ("missing", "failed on purpose", "diverged on purpose", report.RUNNING):
+    for word in ("missing", "failed on purpose", "diverged on purpose", results.RUNNING):
         assert word in section
 
 

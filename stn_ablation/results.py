@@ -1,0 +1,145 @@
+"""A study as its report sees it: the `Run`s and the `Study` that `load_study` reads from MLflow (through the
+tracker: never Optuna, never the checkpoints). Kept apart from report.py, which writes the files, so that the tables
+(report_tables.py), the pictures (figures.py) and the study's summary metrics (study.py) share one model of a
+study without importing the report or each other."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from stn_ablation.config import AUGMENTATIONS, GRID_AXES
+from stn_ablation.errors import UsageError
+
+RUNNING = "running/incomplete"  # a child without a status tag: still running, or its process died unannounced
+
+
+@dataclass(frozen=True)
+class Run:
+    """One child run (one trial), reduced to what the report uses."""
+
+    id: str
+    name: str
+    variant: str
+    aug: str
+    seed: int
+    trial: int
+    status: str  # finished | diverged | pruned | failed | RUNNING
+    reason: str
+    start: int  # ms since the epoch
+    end: int | None
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # each metric's latest value
+    history: dict[str, dict[int, float]]  # val_acc / test_acc -> epoch -> value
+
+    @property
+    def short(self) -> str:
+        return self.id[:8]
+
+    @property
+    def stn(self) -> bool:
+        return self.tags.get("stn") == "true"
+
+
+@dataclass
+class Study:
+    """The newest version of a study: its parent run, the child runs under it, and which of them count."""
+
+    name: str
+    experiment_id: str
+    parent_id: str
+    parent_tags: dict[str, str]
+    parent_params: dict[str, str]
+    parent_end: int | None
+    runs: list[Run]  # every child, sorted by variant, augmentation, seed, trial
+    older: list[tuple[str, str]]  # (run id, study digest) of older versions' parent runs
+    variants: list[str]  # the study file's order, then any other seen, sorted
+    augs: list[str]
+    grid: dict[str, list[str]]  # axis -> values, from the parent's grid.* params
+    phase: str  # "grid" or "tune"
+    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (variant, aug) -> finished runs
+    superseded: list[Run] = field(default_factory=list)  # finished runs of a grid cell that has a newer one
+
+    def cells(self) -> list[tuple[tuple[str, str], list[Run]]]:
+        """((variant, aug), finished runs by seed) for every cell with at least one, in report order."""
+        return [((v, a), self.counted[(v, a)]) for v in self.variants for a in self.augs if (v, a) in self.counted]
+
+    def expected_cells(self) -> list[tuple[str, str, int]]:
+        """Every (variant, aug, seed) the grid asks for; an axis not in the grid takes the base config's value."""
+        axes = [self.grid.get(a) or [self.parent_params.get(f"base.{a}", "?")] for a in GRID_AXES]
+        return [(v, a, _int(s)) for v in axes[0] for a in axes[1] for s in axes[2]]
+
+
+def numerics(run: Run) -> str:
+    """Device type and autocast precision, e.g. cpu/bfloat16: runs that differ in it are not pooled."""
+    return f"{run.tags.get('device', '?').split(':')[0]}/{run.tags.get('precision', '?')}"
+
+
+def load_study(tracker, name: str, only: str | None = None) -> Study:
+    """The newest parent run of study `name` and its children; UsageError when the study was never run, or when
+    its finished runs mix device types or precisions and `only` (a `numerics` value) does not pick one."""
+    experiment = tracker.find_experiment(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        raise UsageError(f"no runs of study {name!r} in {tracker.uri}; run `stn-ablate run --study {name}` first")
+    parents = sorted(tracker.search_runs(experiment.experiment_id, "tags.phase = 'study'"),
+                     key=lambda r: (r.info.start_time, r.info.run_id), reverse=True)
+    if not parents:
+        raise UsageError(f"experiment {name!r} holds no study run; run `stn-ablate run --study {name}` first")
+    parent = parents[0]
+    params = dict(parent.data.params)
+    grid = {a: params[f"grid.{a}"].split(",") for a in GRID_AXES if f"grid.{a}" in params}
+    runs = [_run(tracker, r) for r in
+            tracker.search_runs(experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
+    runs = [r for r in runs if only is None or numerics(r) == only]
+    mixed = Counter(numerics(r) for r in runs if r.status == "finished")
+    if len(mixed) > 1:
+        counts = ", ".join(f"{k}: {n}" for k, n in sorted(mixed.items()))
+        raise UsageError(f"study {name!r} has finished runs in more than one device/precision ({counts}); a mean "
+                         f"over them would pool different numerics: pass --numerics {mixed.most_common(1)[0][0]} "
+                         "(or another of them) to report one")
+    variants = _ordered({r.variant for r in runs}, grid.get("variant", []))
+    augs = _ordered({r.aug for r in runs}, grid.get("aug", []) + list(AUGMENTATIONS))
+    runs.sort(key=lambda r: (variants.index(r.variant), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
+    tuning = any(r.tags.get("phase") == "tune" for r in runs) or not grid
+    older = [(p.info.run_id, p.data.tags.get("study_digest", "?")) for p in parents[1:]]
+    study = Study(name, experiment.experiment_id, parent.info.run_id, dict(parent.data.tags), params,
+                  parent.info.end_time, runs, older, variants, augs, grid, "tune" if tuning else "grid")
+    for run in runs:
+        if run.status != "finished" or "final_test_acc" not in run.metrics:
+            continue
+        cell = study.counted.setdefault((run.variant, run.aug), [])
+        same = next((r for r in cell if r.seed == run.seed), None) if not tuning else None
+        if same is None:
+            cell.append(run)
+        else:  # two finished runs of one grid cell: the newer counts, the other is listed
+            keep, drop = (run, same) if (run.start, run.id) > (same.start, same.id) else (same, run)
+            cell[cell.index(same)] = keep
+            study.superseded.append(drop)
+    return study
+
+
+def _run(tracker, r) -> Run:
+    tags, params = dict(r.data.tags), dict(r.data.params)
+    history = {}
+    for key in ("val_acc", "test_acc"):
+        points = sorted(tracker.metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        if points:
+            history[key] = {m.step: m.value for m in points}
+    return Run(r.info.run_id, r.info.run_name or "", tags.get("variant", params.get("variant", "?")),
+               tags.get("augmentation", params.get("aug", "?")), _int(tags.get("seed", params.get("seed"))),
+               _int(tags.get("trial")), tags.get("status", RUNNING), tags.get("status_reason", ""),
+               r.info.start_time or 0, r.info.end_time, tags, params, dict(r.data.metrics), history)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:
+    """`preferred` (the study file's order) first, then anything else seen, sorted."""
+    return list(dict.fromkeys(preferred)) + sorted(seen - set(preferred))
