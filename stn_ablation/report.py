@@ -110,7 +110,10 @@ EXPLAINER = (
 def _grid(study: Study, md: list[str], add: Callable, show: Callable) -> None:
     md += ["## Final test accuracy", ""]
     if study.counted:
-        add(main_table(study), "Test accuracy after the last epoch; best epoch is by validation accuracy.")
+        validated = any(r.history.get("val_acc") for r in study.runs)
+        add(main_table(study), "Test accuracy after the last epoch; best epoch is by "
+            + ("validation accuracy." if validated else "training accuracy: these runs had no validation split, "
+               "and nothing was chosen by the test set."))
         show("fig_final")
         show("fig_curves")
     else:

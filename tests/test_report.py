@@ -56,7 +56,7 @@ def _parent(tracker: Tracker, study: str, grid: dict[str, str], base: TrainConfi
 
 
 def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: int, status: str | None,
-           acc: float, picture: Path | None = None, phase: str = "grid") -> str:
+           acc: float, picture: Path | None = None, phase: str = "grid", val: bool = True) -> str:
     """A trial's run as the runner leaves it, written with few store calls (each costs milliseconds)."""
     stn = cfg.variant in TWIN
     tags = {"study": study, "study_digest": f"{study}-d", "phase": phase, "trial": str(trial),
@@ -69,7 +69,8 @@ def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: i
     run = tracker.client.create_run(tracker.experiment(study), run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}",
                                     tags=tags).info.run_id
     metrics = [Metric(k, v, 0, epoch) for epoch in (1, 2, 3)  # curves that end at the final accuracy
-               for k, v in (("val_acc", acc - 0.02 * (3 - epoch) - 0.01), ("test_acc", acc - 0.02 * (3 - epoch)))]
+               for k, v in (("val_acc", acc - 0.02 * (3 - epoch) - 0.01), ("test_acc", acc - 0.02 * (3 - epoch)))
+               if val or k != "val_acc"]
     if status == "finished":
         final = {"final_test_acc": acc, "best_epoch": 3, "best_val_acc": acc - 0.01, "train_seconds": 30.0 + trial,
                  "mean_images_per_s": 1000.0 + trial, "n_params": 39884 if stn else 31340}
@@ -316,3 +317,13 @@ def test_runs_of_different_precision_are_not_pooled(store):
     assert "--numerics" in message
     only = report.load_study(tracker, "mixed", only="cpu/float32")
     assert [r.seed for r in only.runs] == [1] and only.runs[0].tags["precision"] == "float32"
+
+
+def test_a_study_without_validation_split_says_how_its_best_epoch_was_chosen(store):
+    tracker, base = store["tracker"], TrainConfig(epochs=3, val_size=0)
+    parent = _parent(tracker, "noval", {"variant": "tutorial_cnn", "seed": "0"}, base, n_trials=1)
+    _child(tracker, parent, "noval", base.with_overrides(variant="tutorial_cnn"), 0, "finished", 0.6, val=False)
+    text, _ = report.render(report.load_study(tracker, "noval"), "md", {})
+    assert "best epoch is by training accuracy: these runs had no validation split" in text
+    fab, _ = report.render(report.load_study(tracker, "solo"), "md", {})
+    assert "best epoch is by validation accuracy." in fab
