@@ -155,6 +155,19 @@ def test_an_affine_stn_computes_what_it_did_before_families(name):
         assert torch.equal(grads[0][k], grads[1][k]), k
 
 
+@pytest.mark.parametrize("name", ["paper_cnn", "paper_stn"])
+@pytest.mark.parametrize("size", [28, 42])
+def test_paper_variants_build_for_mnist_and_its_rts_canvas(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, in_shape=(1, size, size), num_classes=10)
+    x, y = _images((1, size, size), batch=3)
+    out = model(x)
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    F.cross_entropy(out, y).backward()
+    if model.stn is not None:
+        assert model.stn.regressor[0].out_features == 20  # the paper's 20-unit layer
+
+
 def test_twins_are_not_stn_variants():
     for name in STN_VARIANTS:
         assert get_variant(get_variant(name).twin).twin is None
