@@ -27,6 +27,10 @@ def test_every_shipped_study_loads():
     assert {c["variant"] for c in headline.cells()} == {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"}
     tune = load_study("tune_stn")
     assert tune.phase == "tune" and tune.n_trials == 30 and tune.metric == "val_acc" and tune.pruner == "median"
+    for distortion in ("r", "rts", "p", "e"):  # the STN paper's Table 1: a CNN and three ST-CNNs, 3 seeds each
+        paper = load_study(f"paper_mnist_{distortion}")
+        assert paper.n_trials == 12 and paper.base.dataset == f"mnist_{distortion}" and paper.base.batch_size == 256
+        assert sum(c["variant"] == "paper_cnn" for c in paper.cells()) == 3
 
 
 def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsys):
