@@ -31,6 +31,8 @@ def test_every_shipped_study_loads():
         paper = load_study(f"paper_mnist_{distortion}")
         assert paper.n_trials == 12 and paper.base.dataset == f"mnist_{distortion}" and paper.base.batch_size == 256
         assert sum(c["variant"] == "paper_cnn" for c in paper.cells()) == 3
+    distorted = load_study("cifar10_rts")  # baseline_vs_stn's recipe on the distorted set
+    assert distorted.n_trials == 12 and distorted.base == headline.base.with_overrides(dataset="cifar10_rts")
 
 
 def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsys):
