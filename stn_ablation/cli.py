@@ -113,11 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_list(args: argparse.Namespace) -> None:
     from stn_ablation.registry import create_model, get_variant, list_variants
     from stn_ablation.studyfile import list_studies, load_study
+    from stn_ablation.transforms import FAMILIES
 
     print(f"{'variant':<14} {'params':>8}  description")
     for name in list_variants():
         n = sum(p.numel() for p in create_model(name).parameters())
         print(f"{name:<14} {n:>8,}  {get_variant(name).description}")
+    print(f"\n{'transform':<14} {'params':>8}  what an STN's localization net regresses: `transform` in a study's "
+          "[train] or [grid]")
+    for family in FAMILIES.values():
+        print(f"{family.name:<14} {family.n_params:>8}")
     print(f"\n{'study':<16} {'trials':>6}  description")
     for name in list_studies():
         spec = load_study(name)

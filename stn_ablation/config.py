@@ -20,7 +20,9 @@ REFERENCE_AUGMENTATIONS = AUGMENTATIONS[:2]  # what bench's tutorial-style refer
 # choices import nothing heavy
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-GRID_AXES = ("variant", "aug", "seed")  # the fields a study's grid may vary, in the order of its cells and report
+# the fields a study's grid may vary, in the order of its cells and report; a variant without a transformer takes
+# no transform (studyfile.StudySpec.cells)
+GRID_AXES = ("variant", "transform", "aug", "seed")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class TrainConfig:
     the localization net destabilizes (the STN paper also trained it 10x slower)."""
 
     variant: str = "tutorial_stn"  # registry name, see `stn-ablate list`
+    transform: str = "affine"  # the transformer's family, one of transforms.FAMILIES; ignored without a transformer
     dataset: str = "cifar10"  # one of DATASETS
     aug: str = "none"  # one of AUGMENTATIONS: "standard" = 4-pixel crop + flip, "affine" = rotate/zoom/shift + flip
     epochs: int = 50  # full passes over the training split
@@ -56,6 +59,9 @@ class TrainConfig:
             if f.type == "float":  # lr = 1 and lr = 1.0 are one config, with one digest
                 object.__setattr__(self, f.name, float(value))
         _check_choice("dataset", self.dataset, DATASETS)
+        from stn_ablation.transforms import FAMILIES  # here, not above: the command line's choices stay torch-free
+
+        _check_choice("transform", self.transform, tuple(FAMILIES))
         _check_choice("aug", self.aug, AUGMENTATIONS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)

@@ -52,7 +52,7 @@ def draw(study: Study, out: Path) -> dict[str, str]:
     cells = study.cells()
     if not cells:
         return {}
-    colors = palette(study.variants)
+    colors = palette(study.models)
 
     def lines(values: Callable[[Run], dict[float, float]]) -> list[Line]:
         return [Line(f"{v} / {a} (n={len(runs)})", colors[v], [values(r) for r in runs], LINESTYLES.get(a, "-."))
@@ -109,7 +109,7 @@ def copy_stn_grids(tracker, study: Study, out: Path) -> dict[str, str]:
         names = sorted(path for path in tracker.list_artifacts(run.id, "stn") if path.endswith(".png"))
         if not names:
             continue
-        target = f"stn_{variant}_{aug}_s{run.seed}.png"
+        target = f"stn_{variant.replace('/', '_')}_{aug}_s{run.seed}.png"
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copyfile(tracker.download_artifact(run.id, names[-1], tmp), out / target)
         epoch = int("".join(c for c in Path(names[-1]).stem if c.isdigit()) or 0)

@@ -99,9 +99,11 @@ def render(study: Study, fmt: str, pictures: dict[str, str]) -> tuple[str, list[
 
 EXPLAINER = (
     "A spatial transformer (Jaderberg et al., 2015) is a small differentiable module in front of the classifier. Its "
-    "*localization network* looks at the image and regresses six numbers, an affine matrix θ; the *grid generator* "
-    "turns θ into a sampling grid (for every output pixel, where to read in the input: θ maps output to input "
-    "coordinates on [-1, 1]); the *sampler* reads the input there by bilinear interpolation. All three are "
+    "*localization network* looks at the image and regresses the parameters θ of a transform family (six numbers, "
+    "an affine matrix, in the paper and by default; fewer for translation, attention or rotation-scale-translation; "
+    "a homography for projective; control-point offsets for a thin-plate spline); the *grid generator* turns θ into "
+    "a sampling grid (for every output pixel, where to read in the input: θ maps output to input coordinates on "
+    "[-1, 1]); the *sampler* reads the input there by bilinear interpolation. All three are "
     "differentiable, so the localization net learns from the classification loss alone, with no label saying where "
     "to look. If that helps, it learns to zoom, rotate or shift the object into a canonical view; if not, θ stays "
     "near the identity. A scale below 1 means the transformer zooms in. Here is what this study's transformers did.")

@@ -16,9 +16,15 @@ from stn_ablation.results import Run, Study
 from stn_ablation.stats import ALPHA, LEVEL, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci, paired_t
 
 AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rotate/zoom/shift+flip"}
-THETA = (("scale", "scale"), ("rotation_deg", "rotation (°)"), ("shear", "shear"), ("tx", "tx"), ("ty", "ty"),
+# the `theta/*` statistics of every transform family (transforms.Family.describe), in table order; a table shows
+# those its rows have: scale to shear for affine and its subsets and projective, px and py for projective's
+# perspective, displacement for tps's control points
+THETA = (("scale", "scale"), ("rotation_deg", "rotation (°)"), ("shear", "shear"), ("px", "perspective x"),
+         ("py", "perspective y"), ("displacement", "control-point shift"), ("tx", "tx"), ("ty", "ty"),
          ("identity_dist", "‖θ−I‖"))
-IMAGE_SIZE = {"cifar10": 32, "mnist": 28}  # pixels per side: turns normalized translations into pixels
+# pixels per side of each dataset's images: turns normalized translations into pixels (distorted.py's canvases)
+IMAGE_SIZE = {"cifar10": 32, "mnist": 28, "mnist_r": 28, "mnist_rts": 42, "mnist_p": 28, "mnist_e": 28,
+              "cifar10_rts": 48}
 
 
 @dataclass(frozen=True)
@@ -69,16 +75,16 @@ def main_table(study: Study) -> Table:
 
 def issues_table(study: Study) -> Table:
     """Every expected grid cell without any run, every run that did not finish, every superseded duplicate."""
-    present = {(r.variant, r.aug, r.seed) for r in study.runs}
+    present = {(r.model, r.aug, r.seed) for r in study.runs}
     entries = [(c, "missing", "no run in MLflow for this grid cell", "") for c in study.expected_cells()
                if c not in present]
-    entries += [((r.variant, r.aug, r.seed), r.status, r.reason, r.id) for r in study.runs
+    entries += [((r.model, r.aug, r.seed), r.status, r.reason, r.id) for r in study.runs
                 if r.status != "finished" or "final_test_acc" not in r.metrics]
     entries = [(c, "finished without final_test_acc", "", i) if s == "finished" else (c, s, why, i)
                for c, s, why, i in entries]
-    entries += [((r.variant, r.aug, r.seed), "superseded", "a newer finished run of this cell is counted", r.id)
+    entries += [((r.model, r.aug, r.seed), "superseded", "a newer finished run of this cell is counted", r.id)
                 for r in study.superseded]
-    order = {v: i for i, v in enumerate(study.variants)}, {a: i for i, a in enumerate(study.augs)}
+    order = {m: i for i, m in enumerate(study.models)}, {a: i for i, a in enumerate(study.augs)}
     entries.sort(key=lambda e: (order[0].get(e[0][0], -1), order[1].get(e[0][1], -1), e[0][2], e[1], e[3]))
     rows = [[v, a, str(s), status, _oneline(why), rid[:8] or "—"] for (v, a, s), status, why, rid in entries]
     data = [{"variant": v, "aug": a, "seed": s, "status": status, "reason": why, "run_id": rid}
@@ -88,8 +94,8 @@ def issues_table(study: Study) -> Table:
 
 
 def comparisons(study: Study) -> list[Comparison]:
-    """Each STN vs its no-STN twin (same augmentation), then each augmentation vs none (same variant), paired by
-    seed, with Holm's correction across all of them."""
+    """Each STN (each of its transforms) vs its no-STN twin (same augmentation), then each augmentation vs none
+    (same model), paired by seed, with Holm's correction across all of them."""
     cells = dict(study.cells())
     found: list[Comparison] = []
 
@@ -100,14 +106,14 @@ def comparisons(study: Study) -> list[Comparison]:
             found.append(Comparison(label, setting, a, b, seeds,
                                     paired_t([acc_a[s] for s in seeds], [acc_b[s] for s in seeds])))
 
-    for variant in study.variants:
-        twin = next((r.tags.get("twin") for r in study.runs if r.variant == variant and r.stn), None)
+    for model in study.models:
+        twin = next((r.tags.get("twin") for r in study.runs if r.model == model and r.stn), None)
         for aug in study.augs if twin else ():
-            pair(f"{variant} − {twin}", f"aug {aug}", (variant, aug), (twin, aug))
-    for variant in study.variants:
+            pair(f"{model} − {twin}", f"aug {aug}", (model, aug), (twin, aug))
+    for model in study.models:
         for aug in study.augs:
             if aug != "none":
-                pair(f"{aug} − none", variant, (variant, aug), (variant, "none"))
+                pair(f"{aug} − none", model, (model, aug), (model, "none"))
     adjusted = holm([c.test.p_value for c in found])
     return [Comparison(c.label, c.setting, c.a, c.b, c.seeds, c.test, p) for c, p in zip(found, adjusted)]
 
@@ -129,21 +135,24 @@ def effects_table(found: list[Comparison]) -> Table:
 
 
 def theta_table(study: Study) -> Table | None:
-    """Per STN variant x augmentation: the learned transform's parts, mean and sd over runs of per-run means."""
+    """Per STN model x augmentation: the learned transform's parts in its family's terms, mean and sd over runs of
+    per-run means; a column only where some family has that part ("—" in the rows of the others)."""
+    cells = [(cell, [r for r in runs if "theta/identity_dist_mean" in r.metrics]) for cell, runs in study.cells()]
+    cells = [(cell, runs) for cell, runs in cells if runs]
+    shown = [(k, label) for k, label in THETA if any(f"theta/{k}_mean" in r.metrics for _, runs in cells for r in runs)]
     rows, data = [], []
-    for (variant, aug), runs in study.cells():
-        runs = [r for r in runs if all(f"theta/{k}_mean" in r.metrics for k, _ in THETA)]
-        if runs:
-            est = {k: mean_ci([r.metrics[f"theta/{k}_mean"] for r in runs]) for k, _ in THETA}
-            rows.append([variant, aug, str(len(runs))] + [_sd(est[k]) for k, _ in THETA]
-                        + [", ".join(r.short for r in runs)])
-            data.append({"variant": variant, "aug": aug, "n": len(runs),
-                         **{f"{k}_{s}": getattr(est[k], s) for k, _ in THETA
-                            for s in ("mean", "sd")}, "run_ids": " ".join(r.id for r in runs)})
+    for (model, aug), runs in cells:
+        est = {k: mean_ci(values) for k, _ in shown
+               if (values := [r.metrics[f"theta/{k}_mean"] for r in runs if f"theta/{k}_mean" in r.metrics])}
+        rows.append([model, aug, str(len(runs))] + [_sd(est[k]) if k in est else "—" for k, _ in shown]
+                    + [", ".join(r.short for r in runs)])
+        data.append({"variant": model, "aug": aug, "n": len(runs),
+                     **{f"{k}_{s}": getattr(est[k], s) if k in est else None for k, _ in shown
+                        for s in ("mean", "sd")}, "run_ids": " ".join(r.id for r in runs)})
     if not rows:
         return None
-    return Table("table_theta", "Learned affine transforms on the test set (mean ± sd over runs of each run's mean)",
-                 ["variant", "aug", "n"] + [label for _, label in THETA] + ["runs"], rows, data)
+    return Table("table_theta", "Learned transforms on the test set (mean ± sd over runs of each run's mean)",
+                 ["variant", "aug", "n"] + [label for _, label in shown] + ["runs"], rows, data)
 
 
 def robustness_table(study: Study) -> Table | None:
@@ -233,17 +242,26 @@ def effect_sentence(c: Comparison) -> str:
 
 
 def theta_sentence(row: dict[str, Any], dataset: str) -> str:
-    """What one row of the transform table means, in words."""
+    """What one row of the transform table means, in words, in its family's terms: scale and rotation where the
+    family has them, perspective for projective, control-point displacement for tps, and the shift for all."""
     half = IMAGE_SIZE.get(dataset, 32) / 2
-    s, rot, dist = row["scale_mean"], row["rotation_deg_mean"], row["identity_dist_mean"]
-    zoom = (f"zooms in (scale {s:.2f}: it looks at about the central {s:.0%} of the image's width)" if s < 0.97 else
-            f"zooms out (scale {s:.2f}: it also sees the zero padding beyond the borders)" if s > 1.03 else
-            f"keeps the scale ({s:.2f})")
-    turn = f"rotates by {rot:+.1f}°" if abs(rot) >= 3 else f"hardly rotates ({rot:+.1f}°)"
-    shift = f"shifts its view by ({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)"
+    parts = []
+    if (s := row.get("scale_mean")) is not None:
+        rot = row["rotation_deg_mean"]
+        parts.append(f"zooms in (scale {s:.2f}: it looks at about the central {s:.0%} of the image's width)"
+                     if s < 0.97 else f"zooms out (scale {s:.2f}: it also sees the zero padding beyond the borders)"
+                     if s > 1.03 else f"keeps the scale ({s:.2f})")
+        parts.append(f"rotates by {rot:+.1f}°" if abs(rot) >= 3 else f"hardly rotates ({rot:+.1f}°)")
+    if (px := row.get("px_mean")) is not None:
+        parts.append(f"tilts its view in perspective by ({px:+.3f}, {row['py_mean']:+.3f}) (x, y; 0 for an affine "
+                     "map)")
+    if (moved := row.get("displacement_mean")) is not None:
+        parts.append(f"moves its control points by {moved * half:.1f} pixels on average")
+    parts.append(f"shifts its view by ({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)")
+    dist = row["identity_dist_mean"]
     close = " It stays close to the identity: the transformer barely transforms." if dist < 0.05 else ""
-    return (f"**{row['variant']}, {AUG_WORDS.get(row['aug'], row['aug'])}**: on average the transformer {zoom}, "
-            f"{turn} and {shift}; distance from the identity {dist:.3f}.{close}")
+    return (f"**{row['variant']}, {AUG_WORDS.get(row['aug'], row['aug'])}**: on average the transformer "
+            f"{', '.join(parts[:-1])} and {parts[-1]}; distance from the identity {dist:.3f}.{close}")
 
 
 def best_trial_sentence(best: Run, finished: int) -> str:

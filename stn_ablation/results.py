@@ -22,6 +22,7 @@ class Run:
     id: str
     name: str
     variant: str
+    transform: str  # the transformer's family; "" for a variant without a transformer
     aug: str
     seed: int
     trial: int
@@ -42,6 +43,12 @@ class Run:
     def stn(self) -> bool:
         return self.tags.get("stn") == "true"
 
+    @property
+    def model(self) -> str:
+        """What the report compares: the variant, and for one with a transformer its family (tutorial_stn/affine),
+        so that each family of one variant is its own cell and pairs with the same no-STN twin."""
+        return f"{self.variant}/{self.transform}" if self.transform else self.variant
+
 
 @dataclass
 class Study:
@@ -53,23 +60,28 @@ class Study:
     parent_tags: dict[str, str]
     parent_params: dict[str, str]
     parent_end: int | None
-    runs: list[Run]  # every child, sorted by variant, augmentation, seed, trial
+    runs: list[Run]  # every child, sorted by model, augmentation, seed, trial
     older: list[tuple[str, str]]  # (run id, study digest) of older versions' parent runs
-    variants: list[str]  # the study file's order, then any other seen, sorted
+    models: list[str]  # Run.model labels: the study file's order of variants and transforms, then any other seen
     augs: list[str]
     grid: dict[str, list[str]]  # axis -> values, from the parent's grid.* params
     phase: str  # "grid" or "tune"
-    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (variant, aug) -> finished runs
+    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (model, aug) -> finished runs
     superseded: list[Run] = field(default_factory=list)  # finished runs of a grid cell that has a newer one
 
     def cells(self) -> list[tuple[tuple[str, str], list[Run]]]:
-        """((variant, aug), finished runs by seed) for every cell with at least one, in report order."""
-        return [((v, a), self.counted[(v, a)]) for v in self.variants for a in self.augs if (v, a) in self.counted]
+        """((model, aug), finished runs by seed) for every cell with at least one, in report order."""
+        return [((m, a), self.counted[(m, a)]) for m in self.models for a in self.augs if (m, a) in self.counted]
 
     def expected_cells(self) -> list[tuple[str, str, int]]:
-        """Every (variant, aug, seed) the grid asks for; an axis not in the grid takes the base config's value."""
-        axes = [self.grid.get(a) or [self.parent_params.get(f"base.{a}", "?")] for a in GRID_AXES]
-        return [(v, a, _int(s)) for v in axes[0] for a in axes[1] for s in axes[2]]
+        """Every (model, aug, seed) the grid asks for; an axis not in the grid takes the base config's value. A
+        variant counts as one with a transformer, one cell per transform, when a run of it says so (the report
+        imports no model code); one without any run is listed once, by its name."""
+        base = {"transform": "affine"}  # a study from before transform families logged no base.transform
+        axes = {a: self.grid.get(a) or [self.parent_params.get(f"base.{a}", base.get(a, "?"))] for a in GRID_AXES}
+        stn = {r.variant for r in self.runs if r.stn}
+        models = [f"{v}/{t}" if v in stn else v for v in axes["variant"] for t in axes["transform"]]
+        return [(m, a, _int(s)) for m in dict.fromkeys(models) for a in axes["aug"] for s in axes["seed"]]
 
 
 def numerics(run: Run) -> str:
@@ -100,16 +112,18 @@ def load_study(tracker, name: str, only: str | None = None) -> Study:
                          f"over them would pool different numerics: pass --numerics {mixed.most_common(1)[0][0]} "
                          "(or another of them) to report one")
     variants = _ordered({r.variant for r in runs}, grid.get("variant", []))
+    transforms = _ordered({r.transform for r in runs if r.transform}, grid.get("transform", []))
+    models = [m for v in variants for m in _models(v, transforms, runs)]
     augs = _ordered({r.aug for r in runs}, grid.get("aug", []) + list(AUGMENTATIONS))
-    runs.sort(key=lambda r: (variants.index(r.variant), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
+    runs.sort(key=lambda r: (models.index(r.model), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
     tuning = any(r.tags.get("phase") == "tune" for r in runs) or not grid
     older = [(p.info.run_id, p.data.tags.get("study_digest", "?")) for p in parents[1:]]
     study = Study(name, experiment.experiment_id, parent.info.run_id, dict(parent.data.tags), params,
-                  parent.info.end_time, runs, older, variants, augs, grid, "tune" if tuning else "grid")
+                  parent.info.end_time, runs, older, models, augs, grid, "tune" if tuning else "grid")
     for run in runs:
         if run.status != "finished" or "final_test_acc" not in run.metrics:
             continue
-        cell = study.counted.setdefault((run.variant, run.aug), [])
+        cell = study.counted.setdefault((run.model, run.aug), [])
         same = next((r for r in cell if r.seed == run.seed), None) if not tuning else None
         if same is None:
             cell.append(run)
@@ -127,8 +141,10 @@ def _run(tracker, r) -> Run:
         points = sorted(tracker.metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         if points:
             history[key] = {m.step: m.value for m in points}
+    stn = tags.get("stn") == "true"  # a run from before transform families was affine, and logged no transform
     return Run(r.info.run_id, r.info.run_name or "", tags.get("variant", params.get("variant", "?")),
-               tags.get("augmentation", params.get("aug", "?")), _int(tags.get("seed", params.get("seed"))),
+               params.get("transform", "affine") if stn else "", tags.get("augmentation", params.get("aug", "?")),
+               _int(tags.get("seed", params.get("seed"))),
                _int(tags.get("trial")), tags.get("status", RUNNING), tags.get("status_reason", ""),
                r.info.start_time or 0, r.info.end_time, tags, params, dict(r.data.metrics), history)
 
@@ -138,6 +154,13 @@ def _int(value: str | None) -> int:
         return int(value)
     except (TypeError, ValueError):
         return -1
+
+
+def _models(variant: str, transforms: list[str], runs: list[Run]) -> list[str]:
+    """`variant`'s Run.model labels in `transforms` order: one per family its runs used, or the bare name for a
+    variant without a transformer (or without runs)."""
+    seen = {r.transform for r in runs if r.variant == variant and r.transform}
+    return [f"{variant}/{t}" for t in transforms if t in seen] or [variant]
 
 
 def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:

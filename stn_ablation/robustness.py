@@ -1,5 +1,6 @@
 """What a trained model does under distortion, and what its transformer learned: test accuracy along rotation,
-scale and translation sweeps, and statistics of the affine matrices the localization net regresses."""
+scale and translation sweeps, and statistics of the transforms the localization net regresses, in its family's
+own terms (transforms.Family.describe)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import torch.nn as nn
 from stn_ablation.augment import affine_warp
 from stn_ablation.config import RobustnessConfig
 from stn_ablation.evaluate import accuracy
-from stn_ablation.transforms import decompose
 
 
 def sweep_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RobustnessConfig,
@@ -36,7 +36,9 @@ def sweep_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings:
 
 @torch.no_grad()
 def theta_stats(model: nn.Module, x: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Mean and standard deviation of each transform part over the images `x`; empty for a model without STN."""
+    """Mean and standard deviation of each part of the transform (its family's `describe`: scale, rotation, ...
+    for affine and its subsets, plus the perspective terms for projective, the control-point displacement for tps)
+    over the images `x`; empty for a model without STN."""
     stn = getattr(model, "stn", None)
     if stn is None:
         return {}
@@ -45,7 +47,7 @@ def theta_stats(model: nn.Module, x: torch.Tensor, batch_size: int) -> dict[str,
     theta = torch.cat([stn.theta(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
     model.train(was_training)
     out = {}
-    for name, values in decompose(theta).items():
+    for name, values in stn.family.describe(theta).items():
         out[f"theta/{name}_mean"] = values.mean().item()
         out[f"theta/{name}_std"] = values.std().item() if len(values) > 1 else 0.0
     return out

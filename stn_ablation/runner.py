@@ -177,10 +177,12 @@ def dataset_records(data: DataSplits) -> list[DatasetRecord]:
 
 
 def _params(cfg: TrainConfig) -> dict:
-    """The config as MLflow params; a model without a transformer has no localization-net rate to log."""
+    """The config as MLflow params; a model without a transformer has no localization-net rate or transform family
+    to log."""
     params = cfg.as_dict()
     if get_variant(cfg.variant).twin is None:
         params.pop("loc_lr_mult")
+        params.pop("transform")
     return params
 
 

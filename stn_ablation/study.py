@@ -24,6 +24,7 @@ from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
+from stn_ablation.registry import get_variant
 from stn_ablation.runner import TrackedRun, run_tracked
 from stn_ablation.storage import StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
@@ -151,10 +152,10 @@ class Worker:
         checkpoint = self.home.checkpoint(key.replace(":", "-"))
         run = TrackedRun(
             cfg, self.experiment, key,
-            run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}" + (f"-t{trial.number}" if spec.search else ""),
+            run_name="-".join(cell_label(cfg)) + (f"-t{trial.number}" if spec.search else ""),
             checkpoint=checkpoint, parent_run_id=self.parent, reuse_finished=True, robustness=spec.robustness,
             precision=self.precision,
-            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {cfg.variant}/{cfg.aug}/s{cfg.seed}",
+            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(cell_label(cfg))}",
             tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
                   "cell": cell, "study_file_sha256": spec.file_sha256})
         with beat:
@@ -188,8 +189,9 @@ class Worker:
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
     def _suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        if self.spec.grid:
-            return {axis: trial.suggest_categorical(axis, values) for axis, values in self.spec.grid.items()}
+        if self.spec.grid:  # the cell's own axes: a variant without a transformer has no transform
+            cell = next(c for c in self.spec.cells() if cell_key(c) == trial.user_attrs["cell"])
+            return {axis: trial.suggest_categorical(axis, self.spec.grid[axis]) for axis in cell}
         params = {}
         for p in self.spec.search:
             if p.kind == "float":
@@ -268,6 +270,13 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
 
 def cell_key(cell: dict[str, Any]) -> str:
     return "/".join(f"{k}={v}" for k, v in cell.items())
+
+
+def cell_label(cfg: TrainConfig) -> tuple[str, ...]:
+    """What names a trial for a reader: variant, its transform family if it has a transformer, augmentation and
+    seed (e.g. tutorial_stn, affine, none, s0), as the report names its cells."""
+    transform = (cfg.transform,) if get_variant(cfg.variant).twin else ()
+    return (cfg.variant, *transform, cfg.aug, f"s{cfg.seed}")
 
 
 def summarize(study: optuna.Study, spec: StudySpec) -> str:

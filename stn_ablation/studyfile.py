@@ -63,9 +63,7 @@ class StudySpec:
     def cells(self) -> list[dict[str, Any]]:
         """The grid cells as dicts of axis -> value, in file order (variant slowest, seed fastest); `--n-trials N`
         keeps the first N."""
-        axes = [a for a in GRID_AXES if a in self.grid]
-        cells = [dict(zip(axes, values)) for values in itertools.product(*(self.grid[a] for a in axes))]
-        return cells[:self.n_trials]
+        return grid_cells(self.grid, self.base)[:self.n_trials]
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
         return self.base.with_overrides(**params)
@@ -83,6 +81,21 @@ class StudySpec:
     def storage_name(self) -> str:
         """The Optuna study name: the study's name plus its digest."""
         return f"{self.name}-{self.digest}"
+
+
+def grid_cells(grid: dict[str, tuple[Any, ...]], base: TrainConfig) -> list[dict[str, Any]]:
+    """Every combination of the grid's axes, in GRID_AXES order, except that a variant without a transformer has no
+    transform: it gets one cell without that axis, not one identical run per family, and so pairs with each of its
+    STN twin's transforms (the report's pairing)."""
+    axes = [a for a in GRID_AXES if a in grid]
+    cells = []
+    for values in itertools.product(*(grid[a] for a in axes)):
+        cell = dict(zip(axes, values))
+        if "transform" in cell and get_variant(cell.get("variant", base.variant)).twin is None:
+            del cell["transform"]
+        if cell not in cells:
+            cells.append(cell)
+    return cells
 
 
 def list_studies() -> list[str]:
@@ -141,7 +154,7 @@ def _parse(path: Path, doc: dict[str, Any], sha: str, overrides: dict[str, Any])
     search: tuple[Param, ...] = ()
     if "grid" in doc:
         grid = _parse_grid(doc["grid"], base, fail)
-        n_trials = len(list(itertools.product(*grid.values())))
+        n_trials = len(grid_cells(grid, base))
     else:
         search = _parse_search(doc["search"], base, fail)
         n_trials = doc.get("n_trials")

@@ -26,7 +26,7 @@ from stn_ablation.data import DataSplits
 from stn_ablation.device import autocast, autocast_dtype, channels_last, precision_flag, precision_name
 from stn_ablation.evaluate import accuracy
 from stn_ablation.faults import fault_point
-from stn_ablation.registry import create_model
+from stn_ablation.registry import create_model, get_variant
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,11 @@ DIVERGED_LOSS = 100  # a mean training loss above this many times chance level (
 
 
 def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Seed, then build: an STN variant and its twin get the same classifier initialization."""
+    """Seed, then build: an STN variant and its twin get the same classifier initialization. Only a variant with a
+    transformer (one with a twin) takes the config's transform family."""
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes)
+    transform = cfg.transform if get_variant(cfg.variant).twin else None
+    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes, transform=transform)
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:

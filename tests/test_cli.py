@@ -46,6 +46,16 @@ def test_list_prints_every_variant_with_its_parameter_count(capsys):
         assert get_variant(name).description in row
 
 
+def test_list_prints_the_transform_families_with_their_parameter_counts(capsys):
+    from stn_ablation.transforms import FAMILIES
+
+    assert cli.main(["list"]) == 0
+    table = next(t for t in capsys.readouterr().out.split("\n\n") if t.startswith("transform")).splitlines()
+    assert table[0].split()[:2] == ["transform", "params"]
+    assert [line.split() for line in table[1:]] == [[name, str(f.n_params)] for name, f in FAMILIES.items()]
+    assert {"translation", "attention", "rts", "affine", "projective", "tps"} == set(FAMILIES)
+
+
 # --- train: one tracked run -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

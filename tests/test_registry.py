@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stn_ablation import registry
+from stn_ablation import registry, transforms
 from stn_ablation.errors import UsageError
 from stn_ablation.registry import UnknownVariantError, create_model, get_variant, list_variants, register_variant
 
@@ -76,7 +76,7 @@ def test_stn_is_identity_at_init(name):
     assert model.stn is not None
     x, _ = _images((3, 32, 32), batch=4)
     theta = model.stn.theta(x)
-    assert torch.allclose(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(4, 2, 3))
+    assert torch.allclose(theta, torch.tensor([1.0, 0, 0, 0, 1.0, 0]).expand(4, 6))  # affine by default
     with torch.no_grad():
         out = model.stn(x)
     assert out.shape == x.shape
@@ -100,6 +100,72 @@ def test_stn_and_twin_share_classifier_initialization(name):
     torch.manual_seed(124)
     other = create_model(twin).classifier.state_dict()
     assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("family", list(transforms.FAMILIES))
+@pytest.mark.parametrize("name", STN_VARIANTS)
+def test_every_family_starts_at_the_identity_and_trains_a_step(name, family):
+    """Any STN variant takes any family: the regressor outputs the family's parameters, starts at its identity
+    (output equals input), and one SGD step gives finite gradients and moves the transform off the identity."""
+    torch.manual_seed(0)
+    model = create_model(name, in_shape=(1, 28, 28), transform=family).train()
+    assert model.stn.family is transforms.FAMILIES[family]
+    x, y = _images((1, 28, 28), batch=6)
+    theta = model.stn.theta(x)
+    assert theta.shape == (6, model.stn.family.n_params)
+    assert torch.equal(theta, torch.tensor(model.stn.family.identity).expand_as(theta))
+    with torch.no_grad():
+        assert (model.stn(x) - x).abs().max().item() < 1e-5
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(model(x), y).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.stn.regressor[-1].weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(model.stn.theta(x), theta)
+
+
+@pytest.mark.parametrize("name", STN_VARIANTS)
+def test_an_affine_stn_computes_what_it_did_before_families(name):
+    """The affine family is F.affine_grid + grid_sample of the regressor's six outputs as a 2 x 3 matrix, in fp32:
+    the STN of before the transform families were added, recomputed here, gives bit-identical logits and
+    gradients for the same seed (its regressor's last layer has the same shape, so the same initialization)."""
+    def build():
+        torch.manual_seed(7)
+        model = create_model(name).train()
+        with torch.no_grad():  # off the identity, so the warp is not trivial
+            model.stn.regressor[-1].weight.normal_(0, 0.05)
+        return model
+
+    def before(model, x):  # the STN's forward as it was: theta B x 2 x 3 -> affine_grid -> grid_sample
+        theta = model.stn.regressor(model.stn.features(x).flatten(1)).view(-1, 2, 3).float()
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return model.classifier(F.grid_sample(x, grid, align_corners=False))
+
+    x, y = _images((3, 32, 32), batch=8, seed=1)
+    logits, grads = [], []
+    for forward in (lambda m, x: m(x), before):
+        model = build()
+        torch.manual_seed(3)  # the classifier's dropout
+        out = forward(model, x)
+        F.cross_entropy(out, y).backward()
+        logits.append(out.detach())
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert torch.equal(logits[0], logits[1])
+    for k in grads[0]:
+        assert torch.equal(grads[0][k], grads[1][k]), k
+
+
+@pytest.mark.parametrize("name", ["paper_cnn", "paper_stn"])
+@pytest.mark.parametrize("size", [28, 42])
+def test_paper_variants_build_for_mnist_and_its_rts_canvas(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, in_shape=(1, size, size), num_classes=10)
+    x, y = _images((1, size, size), batch=3)
+    out = model(x)
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    F.cross_entropy(out, y).backward()
+    if model.stn is not None:
+        assert model.stn.regressor[0].out_features == 20  # the paper's 20-unit layer
 
 
 def test_twins_are_not_stn_variants():

@@ -30,13 +30,14 @@ from stn_ablation.stats import paired_t
 from stn_ablation.tracking import Tracker
 
 PNG = b"\x89PNG\r\n\x1a\n"
+STN = "tutorial_stn/affine"  # the report's name of an STN cell: variant and transform family
 ACC = {  # final test accuracy of the finished seeds 0, 1, 2
-    ("tutorial_stn", "none"): [0.60, 0.62, 0.65],
+    (STN, "none"): [0.60, 0.62, 0.65],
     ("tutorial_cnn", "none"): [0.58, 0.59, 0.63],
-    ("tutorial_stn", "standard"): [0.70, 0.69, 0.74],
+    (STN, "standard"): [0.70, 0.69, 0.74],
     ("tutorial_cnn", "standard"): [0.66, 0.68, 0.69],
 }
-SEED3 = {("tutorial_stn", "none"): "failed", ("tutorial_cnn", "none"): "diverged",
+SEED3 = {(STN, "none"): "failed", ("tutorial_cnn", "none"): "diverged",
          ("tutorial_cnn", "standard"): None}  # None: still running; tutorial_stn/standard/3 has no run at all
 TWIN = {"tutorial_stn": "tutorial_cnn"}
 
@@ -56,8 +57,10 @@ def _parent(tracker: Tracker, study: str, grid: dict[str, str], base: TrainConfi
 
 
 def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: int, status: str | None,
-           acc: float, picture: Path | None = None, phase: str = "grid", val: bool = True) -> str:
-    """A trial's run as the runner leaves it, written with few store calls (each costs milliseconds)."""
+           acc: float, picture: Path | None = None, phase: str = "grid", theta: dict[str, float] | None = None,
+           val: bool = True) -> str:
+    """A trial's run as the runner leaves it, written with few store calls (each costs milliseconds). `theta`: an
+    STN's `theta/*_mean` statistics, by default an affine family's; `val=False`: a run without validation split."""
     stn = cfg.variant in TWIN
     tags = {"study": study, "study_digest": f"{study}-d", "phase": phase, "trial": str(trial),
             "cell": f"variant={cfg.variant}/aug={cfg.aug}/seed={cfg.seed}", "variant": cfg.variant,
@@ -79,11 +82,12 @@ def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: i
             final.update({f"robust/{kind}/{v:g}": acc - 0.1 * abs(v - mid) / span for v in values})
             final[f"robust/{kind}/mean"] = acc - 0.2 / 3
         if stn:
-            final.update({"theta/scale_mean": 0.8 + 0.01 * cfg.seed, "theta/rotation_deg_mean": 1.0,
-                          "theta/shear_mean": 0.0, "theta/tx_mean": 0.05, "theta/ty_mean": -0.05,
-                          "theta/identity_dist_mean": 0.3})
+            final.update({f"theta/{k}_mean": v for k, v in (theta or {
+                "scale": 0.8 + 0.01 * cfg.seed, "rotation_deg": 1.0, "shear": 0.0, "tx": 0.05, "ty": -0.05,
+                "identity_dist": 0.3}).items()})
         metrics += [Metric(k, float(v), 0, 3) for k, v in final.items()]
-    tracker.client.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in cfg.as_dict().items()])
+    params = {k: v for k, v in cfg.as_dict().items() if stn or k not in ("transform", "loc_lr_mult")}  # as runner
+    tracker.client.log_batch(run, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
     if status == "finished" and stn and picture is not None:
         tracker.log_artifact(run, picture, "stn")
     if status is not None:
@@ -106,14 +110,14 @@ def store(tmp_path_factory):
     parent = _parent(tracker, "fab", {"variant": "tutorial_stn,tutorial_cnn", "aug": "none,standard",
                                       "seed": "0,1,2,3"}, base, n_trials=16)
     trial = 0
-    for (variant, aug), accs in ACC.items():
+    for (model, aug), accs in ACC.items():
         for seed, acc in enumerate(accs):
-            cfg = base.with_overrides(variant=variant, aug=aug, seed=seed)
-            runs[variant, aug, seed] = _child(tracker, parent, "fab", cfg, trial, "finished", acc, picture)
+            cfg = base.with_overrides(variant=model.split("/")[0], aug=aug, seed=seed)
+            runs[model, aug, seed] = _child(tracker, parent, "fab", cfg, trial, "finished", acc, picture)
             trial += 1
-    for (variant, aug), status in SEED3.items():
-        cfg = base.with_overrides(variant=variant, aug=aug, seed=3)
-        runs[variant, aug, 3] = _child(tracker, parent, "fab", cfg, trial, status, 0.5)
+    for (model, aug), status in SEED3.items():
+        cfg = base.with_overrides(variant=model.split("/")[0], aug=aug, seed=3)
+        runs[model, aug, 3] = _child(tracker, parent, "fab", cfg, trial, status, 0.5)
         trial += 1
 
     solo = _parent(tracker, "solo", {"variant": "tutorial_stn,tutorial_cnn", "seed": "0"}, base, n_trials=2)
@@ -137,7 +141,7 @@ def fab(store) -> report.Study:
 def test_main_table_means_and_intervals_match_a_hand_computation(fab, store):
     table = report.main_table(fab)
     assert [(row["variant"], row["aug"]) for row in table.data] == list(sorted(ACC, key=lambda k: (
-        ("tutorial_stn", "tutorial_cnn").index(k[0]), ("none", "standard").index(k[1]))))
+        (STN, "tutorial_cnn").index(k[0]), ("none", "standard").index(k[1]))))
     text = store["readme"].read_text()
     for row in table.data:
         values = np.array(ACC[row["variant"], row["aug"]])
@@ -152,9 +156,9 @@ def test_main_table_means_and_intervals_match_a_hand_computation(fab, store):
 
 def test_paired_tests_and_holm_match_a_hand_computation(fab):
     found = report.comparisons(fab)
-    pairs = [(("tutorial_stn", "none"), ("tutorial_cnn", "none")),
-             (("tutorial_stn", "standard"), ("tutorial_cnn", "standard")),
-             (("tutorial_stn", "standard"), ("tutorial_stn", "none")),
+    pairs = [((STN, "none"), ("tutorial_cnn", "none")),
+             ((STN, "standard"), ("tutorial_cnn", "standard")),
+             ((STN, "standard"), (STN, "none")),
              (("tutorial_cnn", "standard"), ("tutorial_cnn", "none"))]
     assert [(c.a, c.b) for c in found] == pairs
     p = [sps.ttest_rel(ACC[a], ACC[b]).pvalue for a, b in pairs]
@@ -183,12 +187,12 @@ def test_a_comparison_whose_differences_only_round_apart_says_there_is_no_spread
 
 def test_missing_failed_diverged_and_running_are_listed(fab, store):
     rows = {(r["variant"], r["aug"], r["seed"]): r for r in report.issues_table(fab).data}
-    assert rows["tutorial_stn", "standard", 3]["status"] == "missing"
-    assert rows["tutorial_stn", "none", 3]["status"] == "failed"
+    assert rows[STN, "standard", 3]["status"] == "missing"
+    assert rows[STN, "none", 3]["status"] == "failed"
     assert rows["tutorial_cnn", "none", 3]["status"] == "diverged"
     assert rows["tutorial_cnn", "standard", 3]["status"] == results.RUNNING
     assert len(rows) == 4
-    for key in (("tutorial_stn", "none", 3), ("tutorial_cnn", "none", 3), ("tutorial_cnn", "standard", 3)):
+    for key in ((STN, "none", 3), ("tutorial_cnn", "none", 3), ("tutorial_cnn", "standard", 3)):
         assert rows[key]["run_id"] == store["runs"][key]
     text = store["readme"].read_text()
     section = text.split("## Runs not counted")[1].split("##")[0]
@@ -207,13 +211,13 @@ def test_readme_header_traces_every_number(store):
 
 def test_stn_section_has_transform_statistics_and_pictures(fab, store):
     theta = report.theta_table(fab)
-    assert [(r["variant"], r["aug"]) for r in theta.data] == [("tutorial_stn", "none"), ("tutorial_stn", "standard")]
+    assert [(r["variant"], r["aug"]) for r in theta.data] == [(STN, "none"), (STN, "standard")]
     assert theta.data[0]["scale_mean"] == pytest.approx(np.mean([0.80, 0.81, 0.82]))
     assert theta.data[0]["scale_sd"] == pytest.approx(np.std([0.80, 0.81, 0.82], ddof=1))
     text = store["readme"].read_text()
     assert "zooms in" in text
     for aug in ("none", "standard"):
-        assert f"](stn_tutorial_stn_{aug}_s0.png)" in text
+        assert f"](stn_tutorial_stn_affine_{aug}_s0.png)" in text
 
 
 def test_robustness_table(fab):
@@ -225,8 +229,8 @@ def test_robustness_table(fab):
 def test_figures_are_valid_pngs_and_logged_to_the_parent(store):
     out = store["out"]
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["fig_curves.png", "fig_final.png", "fig_robustness.png", "stn_tutorial_stn_none_s0.png",
-                     "stn_tutorial_stn_standard_s0.png"]
+    assert names == ["fig_curves.png", "fig_final.png", "fig_robustness.png", "stn_tutorial_stn_affine_none_s0.png",
+                     "stn_tutorial_stn_affine_standard_s0.png"]
     for name in names:
         assert (out / name).read_bytes()[:8] == PNG
         assert matplotlib.image.imread(out / name).ndim == 3
@@ -259,7 +263,7 @@ def test_latex_and_csv_tables(store, fmt, files):
         import csv
 
         rows = list(csv.DictReader((out / "table_main.csv").open()))
-        assert float(rows[0]["test_acc_mean"]) == pytest.approx(np.mean(ACC["tutorial_stn", "none"]))
+        assert float(rows[0]["test_acc_mean"]) == pytest.approx(np.mean(ACC[STN, "none"]))
 
 
 def test_one_seed_gives_no_interval_and_no_test(store):
@@ -327,3 +331,51 @@ def test_a_study_without_validation_split_says_how_its_best_epoch_was_chosen(sto
     assert "best epoch is by training accuracy: these runs had no validation split" in text
     fab, _ = report.render(report.load_study(tracker, "solo"), "md", {})
     assert "best epoch is by validation accuracy." in fab
+
+
+def test_each_transform_is_its_own_cell_paired_with_the_one_twin(store):
+    """A grid over transform families: each family of tutorial_stn is a cell of its own, compared with the one
+    tutorial_cnn cell (which has no transform), and the transform section describes each family in its own
+    terms: projective's perspective, tps's control-point shift, affine's scale and rotation."""
+    tracker, base = store["tracker"], TrainConfig(epochs=3)
+    families = ("affine", "projective", "tps")
+    parent = _parent(tracker, "families", {"variant": "tutorial_stn,tutorial_cnn", "transform": ",".join(families),
+                                           "seed": "0,1"}, base, n_trials=8)
+    theta = {"affine": None,
+             "projective": {"scale": 0.9, "rotation_deg": 0.0, "shear": 0.0, "px": 0.02, "py": -0.01, "tx": 0.0,
+                            "ty": 0.0, "identity_dist": 0.2},
+             "tps": {"displacement": 0.1, "tx": 0.02, "ty": 0.0, "identity_dist": 0.5}}
+    trial = 0
+    for seed in (0, 1):
+        _child(tracker, parent, "families", base.with_overrides(variant="tutorial_cnn", seed=seed), trial,
+               "finished", 0.5 + 0.01 * seed)
+        for i, family in enumerate(families):
+            trial += 1
+            if (family, seed) != ("tps", 1):  # one missing cell
+                cfg = base.with_overrides(transform=family, seed=seed)
+                _child(tracker, parent, "families", cfg, trial, "finished", 0.6 + 0.05 * i + 0.01 * seed * i,
+                       theta=theta[family])
+    study = report.load_study(tracker, "families")
+    assert study.models == ["tutorial_stn/affine", "tutorial_stn/projective", "tutorial_stn/tps", "tutorial_cnn"]
+    assert [(c.a, c.b) for c in report.comparisons(study)] == [
+        ((f"tutorial_stn/{f}", "none"), ("tutorial_cnn", "none")) for f in families]
+    assert len(study.expected_cells()) == 8
+    assert [r["status"] for r in report.issues_table(study).data] == ["missing"]
+    assert report.issues_table(study).data[0]["variant"] == "tutorial_stn/tps"
+
+    table = report.theta_table(study)
+    assert table.headers[3:-1] == ["scale", "rotation (°)", "shear", "perspective x", "perspective y",
+                                   "control-point shift", "tx", "ty", "‖θ−I‖"]
+    rows = {row["variant"]: row for row in table.data}
+    assert rows["tutorial_stn/tps"]["scale_mean"] is None and rows["tutorial_stn/affine"]["px_mean"] is None
+    assert table.rows[2][3] == "—" and rows["tutorial_stn/tps"]["displacement_mean"] == pytest.approx(0.1)
+    words = {m: report.theta_sentence(rows[m], "cifar10") for m in rows}
+    assert "zooms in" in words["tutorial_stn/affine"] and "perspective" not in words["tutorial_stn/affine"]
+    assert "perspective by (+0.020, -0.010)" in words["tutorial_stn/projective"]
+    assert "control points by 1.6 pixels" in words["tutorial_stn/tps"] and "zoom" not in words["tutorial_stn/tps"]
+    text, _ = report.render(study, "md", {})
+    assert "tutorial_stn/projective − tutorial_cnn" in text
+
+
+def test_an_affine_only_study_keeps_the_affine_columns(fab):
+    assert report.theta_table(fab).headers[3:-1] == ["scale", "rotation (°)", "shear", "tx", "ty", "‖θ−I‖"]

@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from stn_ablation.cli import main
+from stn_ablation.study import cell_key, cell_label
 from stn_ablation.studyfile import StudyFileError, list_studies, load_study
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
@@ -26,6 +27,12 @@ def test_every_shipped_study_loads():
     assert {c["variant"] for c in headline.cells()} == {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"}
     tune = load_study("tune_stn")
     assert tune.phase == "tune" and tune.n_trials == 30 and tune.metric == "val_acc" and tune.pruner == "median"
+    for distortion in ("r", "rts", "p", "e"):  # the STN paper's Table 1: a CNN and three ST-CNNs, 3 seeds each
+        paper = load_study(f"paper_mnist_{distortion}")
+        assert paper.n_trials == 12 and paper.base.dataset == f"mnist_{distortion}" and paper.base.batch_size == 256
+        assert sum(c["variant"] == "paper_cnn" for c in paper.cells()) == 3
+    distorted = load_study("cifar10_rts")  # baseline_vs_stn's recipe on the distorted set
+    assert distorted.n_trials == 12 and distorted.base == headline.base.with_overrides(dataset="cifar10_rts")
 
 
 def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsys):
@@ -102,6 +109,7 @@ def test_killed_worker_resumes_in_the_same_run(data_root, tmp_path):
      "log scale needs low > 0"),
     ('name = "x"\ndescription = "d"\n', "exactly one of [grid]"),
     ('name = "x"\ndescription = "d"\n[grid]\nseed = [0]\n[robustness]\nimages = -1\n', "robustness"),
+    ('name = "x"\ndescription = "d"\n[grid]\ntransform = ["spline"]\n', "grid.transform: transform must be one of"),
 ])
 def test_malformed_study_files_fail_with_one_line(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -110,6 +118,41 @@ def test_malformed_study_files_fail_with_one_line(tmp_path, text, message):
         load_study(str(path))
     assert message in str(error.value) and str(path) in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_transform_grid_has_a_cell_per_family_and_one_for_the_twin(tmp_path):
+    """The twin has no transformer, so the transform axis does not multiply it: one cell per seed, which pairs
+    with each family's STN cell; every cell is its own config (run key)."""
+    path = tmp_path / "families.toml"
+    path.write_text('name = "f"\ndescription = "d"\n[grid]\nvariant = ["tutorial_stn", "tutorial_cnn"]\n'
+                    'transform = ["affine", "projective", "tps"]\nseed = [0, 1]\n')
+    spec = load_study(str(path))
+    cells = spec.cells()
+    assert spec.n_trials == len(cells) == 3 * 2 + 2
+    assert cells[:2] == [{"variant": "tutorial_stn", "transform": "affine", "seed": 0},
+                         {"variant": "tutorial_stn", "transform": "affine", "seed": 1}]
+    assert [c for c in cells if c["variant"] == "tutorial_cnn"] == [{"variant": "tutorial_cnn", "seed": s}
+                                                                     for s in (0, 1)]
+    assert len({cell_key(c) for c in cells}) == len({spec.config(c).digest() for c in cells}) == len(cells)
+    assert [cell_label(spec.config(c)) for c in (cells[2], cells[-1])] == [
+        ("tutorial_stn", "projective", "none", "s0"), ("tutorial_cnn", "none", "s1")]
+    assert load_study(str(path), n_trials=7).cells() == cells[:7]
+
+
+def test_a_transform_grid_runs_each_family_and_the_twin_once(data_root, tmp_path, capsys):
+    """Run end to end: an STN run logs its family and is named by it; the twin logs none."""
+    _run_inline_study(
+        tmp_path, capsys, 'name = "families"\ndescription = "d"\n[grid]\nvariant = ["tutorial_stn", '
+        '"tutorial_cnn"]\ntransform = ["projective", "tps"]\n[train]\nepochs = 1\nsubset = 256\nval_size = 500\n'
+        '[robustness]\nimages = 0\n')
+    _, children = child_runs(tmp_path / "home", "families")
+    named = {r.info.run_name: r for r in children}
+    assert sorted(named) == ["tutorial_cnn-none-s0", "tutorial_stn-projective-none-s0", "tutorial_stn-tps-none-s0"]
+    assert named["tutorial_stn-tps-none-s0"].data.params["transform"] == "tps"
+    assert "transform" not in named["tutorial_cnn-none-s0"].data.params
+    assert all(r.data.tags["status"] == "finished" for r in children)
+    assert "theta/displacement_mean" in named["tutorial_stn-tps-none-s0"].data.metrics
+    assert "theta/px_mean" in named["tutorial_stn-projective-none-s0"].data.metrics
 
 
 def test_invalid_toml_names_the_line(tmp_path):

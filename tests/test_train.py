@@ -302,9 +302,9 @@ def test_localization_lr_follows_the_schedule(small_cifar, tmp_path, shrink):
 # --- (g) config ----------------------------------------------------------------------------------------------------
 
 ALTERNATIVES = dict(
-    variant="loc3_stn", dataset="mnist", aug="standard", epochs=49, batch_size=64, optimizer="adamw", lr=0.1,
-    momentum=0.8, nesterov=False, weight_decay=1e-4, schedule="cosine", warmup=0.3, label_smoothing=0.0,
-    loc_lr_mult=0.5, seed=1, subset=1000, val_size=1000, eval_batch_size=500,
+    variant="loc3_stn", transform="tps", dataset="mnist", aug="standard", epochs=49, batch_size=64,
+    optimizer="adamw", lr=0.1, momentum=0.8, nesterov=False, weight_decay=1e-4, schedule="cosine", warmup=0.3,
+    label_smoothing=0.0, loc_lr_mult=0.5, seed=1, subset=1000, val_size=1000, eval_batch_size=500,
 )
 
 
@@ -333,7 +333,7 @@ def test_with_overrides_ignores_none_and_copies():
     dict(epochs=0), dict(epochs=-1), dict(batch_size=0), dict(eval_batch_size=0), dict(subset=0),
     dict(lr=0.0), dict(lr=-0.1), dict(lr=float("nan")), dict(loc_lr_mult=-1.0), dict(label_smoothing=1.0),
     dict(warmup=1.0), dict(val_size=-1), dict(dataset="imagenet"), dict(aug="autoaugment"),
-    dict(optimizer="adam"), dict(schedule="step"),
+    dict(optimizer="adam"), dict(schedule="step"), dict(transform="spline"),
 ])
 def test_invalid_values_are_rejected(overrides):
     with pytest.raises(ConfigError) as info:

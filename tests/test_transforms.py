@@ -183,3 +183,32 @@ def test_warp_runs_in_fp32_under_autocast_and_returns_the_input_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = warp(x, torch.tensor([FAMILIES["tps"].identity]).expand(2, -1), "tps", size=(16, 16))
     assert out.dtype == torch.bfloat16 and out.shape == (2, 1, 16, 16)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_theta_stats_and_the_before_after_picture_work_for_every_family(name):
+    """What a run records of its transformer: the family's own statistics (theta_stats) and the before/after
+    picture (visualize.stn_grid), whose lower row is what the transformer makes of the upper one."""
+    import matplotlib.pyplot as plt
+
+    from stn_ablation.registry import create_model
+    from stn_ablation.robustness import theta_stats
+    from stn_ablation.visualize import stn_grid
+
+    torch.manual_seed(0)
+    model = create_model("tutorial_stn", in_shape=(1, SIZE, SIZE), transform=name)
+    with torch.no_grad():  # off the identity, so the picture shows a transform
+        model.stn.regressor[-1].weight.normal_(0, 0.05)
+    x = torch.randn(8, 1, SIZE, SIZE)
+    stats = theta_stats(model, x, batch_size=3)
+    parts = FAMILIES[name].describe(model.stn.theta(x))
+    assert set(stats) == {f"theta/{k}_{s}" for k in parts for s in ("mean", "std")}
+    assert all(math.isfinite(v) for v in stats.values())
+    data = type("Splits", (), {"test_x": x, "mean": (0.5,), "std": (0.25,)})()  # what stn_grid reads of DataSplits
+    fig = stn_grid(model, data, n=8)
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(images) == 16
+    with torch.no_grad():
+        after = (model.stn(x[:1]) * 0.25 + 0.5).clamp(0, 1)[0, 0].numpy()
+    assert torch.allclose(torch.from_numpy(images[8].data), torch.from_numpy(after).float(), atol=1e-5)
+    plt.close(fig)

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stn_ablation import transforms
+
 Shape = tuple[int, int, int]  # C x H x W of one input image
 INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # bytes per element -> integer dtype
 
@@ -23,35 +25,39 @@ def flat_features(module: nn.Module, in_shape: Shape) -> int:
 
 
 class SpatialTransformer(nn.Module):
-    """Localization net -> 6 affine parameters -> `affine_grid` -> `grid_sample` (Jaderberg et al., 2015).
+    """Localization net -> the parameters of a transformation family -> sampling grid -> `grid_sample`
+    (Jaderberg et al., 2015). The family (transforms.FAMILIES: affine by default, as in the paper) decides how many
+    parameters the regressor outputs and how they become a grid; `transforms.warp` samples, in fp32.
 
-    The regressor's last layer starts at zero weight and identity bias, so at initialization the transformer
-    returns its input unchanged and the classifier first learns on undistorted images. Sampling always runs in
-    fp32: bilinear interpolation in bf16/fp16 loses visible precision and the grid op is cheap.
+    The regressor's last layer starts at zero weight and the family's identity as bias, so at initialization the
+    transformer returns its input unchanged and the classifier first learns on undistorted images.
     """
 
-    def __init__(self, features: nn.Module, in_shape: Shape, hidden: int = 32):
+    def __init__(self, features: nn.Module, in_shape: Shape, hidden: int = 32, family: str = "affine"):
         super().__init__()
+        self.family = transforms.family(family)
         self.features = features
         self.regressor = nn.Sequential(
-            nn.Linear(flat_features(features, in_shape), hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 6)
+            nn.Linear(flat_features(features, in_shape), hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, self.family.n_params),
         )
         nn.init.zeros_(self.regressor[-1].weight)
         with torch.no_grad():
-            self.regressor[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+            self.regressor[-1].bias.copy_(torch.tensor(self.family.identity))
 
     def theta(self, x: torch.Tensor) -> torch.Tensor:
-        """The affine matrices, B x 2 x 3, in `affine_grid`'s normalized [-1, 1] coordinates."""
-        return self.regressor(self.features(x).flatten(1)).view(-1, 2, 3)
+        """The family's raw parameters, B x n (for affine: the 2 x 3 matrix, row-major, in `affine_grid`'s
+        normalized [-1, 1] coordinates)."""
+        return self.regressor(self.features(x).flatten(1))
 
     def warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            theta, xf = theta.float(), x.float()
-            grid = F.affine_grid(theta, list(xf.shape), align_corners=False)  # B x H x W x 2
-            return F.grid_sample(xf, grid, align_corners=False).to(x.dtype)  # B x C x H x W
+        return transforms.warp(x, theta, self.family)  # B x C x H x W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.warp(x, self.theta(x))
+
+    def extra_repr(self) -> str:
+        return f"family={self.family.name}"
 
 
 class STNClassifier(nn.Module):

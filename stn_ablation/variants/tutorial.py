@@ -5,10 +5,10 @@ from stn_ablation.variants.blocks import Shape, SpatialTransformer, STNClassifie
 
 
 @register_variant("tutorial_stn", twin="tutorial_cnn")
-def tutorial_stn(in_shape: Shape = (3, 32, 32), num_classes: int = 10) -> STNClassifier:
+def tutorial_stn(in_shape: Shape = (3, 32, 32), num_classes: int = 10, transform: str = "affine") -> STNClassifier:
     """PyTorch STN tutorial: 2-conv localization net in front of the tutorial's 2-conv classifier."""
     return STNClassifier(TutorialCNN(in_shape, num_classes),
-                         SpatialTransformer(tutorial_localization(in_shape[0]), in_shape))
+                         SpatialTransformer(tutorial_localization(in_shape[0]), in_shape, family=transform))
 
 
 @register_variant("tutorial_cnn")
