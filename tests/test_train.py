@@ -368,3 +368,15 @@ def test_digest_is_stable_and_changes_with_every_field():
         assert digest != base.digest(), name
         digests.add(digest)
     assert len(digests) == len(ALTERNATIVES) + 1
+
+
+# --- (h) for a GPU: no per-step host synchronisation, the data's layout, deterministic kernels --------------------
+
+def test_data_is_kept_in_the_models_layout_with_the_same_results(small_cifar, shrink):
+    """On the CPU the model runs channels_last (device.channels_last), so prepare() stores the images so; the
+    first convolution then copies nothing, and the run is bit-identical to one on NCHW data."""
+    data = shrink(small_cifar, 128, 100)
+    assert data.train_x.is_contiguous(memory_format=torch.channels_last) and not data.train_x.is_contiguous()
+    nchw = dataclasses.replace(data, **{k: getattr(data, k).contiguous() for k in ("train_x", "val_x", "test_x")})
+    cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, aug="standard")
+    assert_same_run(train(cfg, data, CPU), train(cfg, nchw, CPU))
