@@ -112,9 +112,12 @@ def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
     return (step + 1) / rise if step < rise else max(0.0, (total - step) / max(1, total - rise))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """Four parameter groups: {classifier, localization net} x {weights, no-decay}. Biases and norms are not
-    decayed; the transformer's last bias *is* the identity transform, and decaying it would shrink every image."""
+    decayed; the transformer's last bias *is* the identity transform, and decaying it would shrink every image.
+    `fused`: one fused kernel per step that reads a GradScaler's inf flag on the device; with a plain optimizer
+    the scaler reads that flag on the host (`.item()`), a host-device synchronisation every fp16 step. Only the
+    scaled (fp16) path asks for it, so fp32 and bf16 keep the for-each kernels and their results bit for bit."""
     stn_ids = {id(p) for p in model.stn.parameters()} if getattr(model, "stn", None) is not None else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
@@ -125,8 +128,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         for (is_stn, decay), ps in sorted(groups.items())
     ]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), fused=fused or None)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           fused=fused or None)
 
 
 def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
@@ -145,12 +149,12 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    optimizer = make_optimizer(model, cfg, fused=scaler.is_enabled())
     steps_per_epoch = max(1, len(data.train_y) // cfg.batch_size)  # the last partial batch is dropped
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(min(step, total - 1), total, cfg.schedule, cfg.warmup))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # shuffling and augmentation
     history: list[EpochStats] = []
 
@@ -202,7 +206,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
 
 def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps) -> tuple[float, float, int]:
     """One pass over a fresh permutation: (mean loss, accuracy, images seen). Loss and hits accumulate on the
-    device and are read once at the end."""
+    device and are read once at the end: no step waits for the device (the fp16 scaler's inf check included, see
+    make_optimizer), so the host queues the next batch while the GPU runs this one."""
     model.train()
     device = data.train_x.device
     order = torch.randperm(len(data.train_y), device=device, generator=generator)
