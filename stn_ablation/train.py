@@ -23,7 +23,7 @@ from stn_ablation.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataSplits
-from stn_ablation.device import autocast, autocast_dtype, channels_last, precision_flag, precision_name
+from stn_ablation.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_flag, precision_name
 from stn_ablation.evaluate import accuracy
 from stn_ablation.faults import fault_point
 from stn_ablation.registry import create_model
@@ -157,6 +157,7 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         optimizer, lambda step: lr_factor(min(step, total - 1), total, cfg.schedule, cfg.warmup))
     generator = torch.Generator(device).manual_seed(cfg.seed)  # shuffling and augmentation
     history: list[EpochStats] = []
+    eval_batch = eval_batch_size(device, cfg.eval_batch_size)
 
     numerics = {"device": device.type, "precision": precision_name(amp)}  # what a resume must not change
     state = load_checkpoint(checkpoint) if checkpoint else None
@@ -184,8 +185,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         if not math.isfinite(loss) or loss > DIVERGED_LOSS * math.log(data.num_classes):
             status, reason = "diverged", f"diverged at epoch {epoch}: train loss is {loss:.4g}"
             break
-        val_acc = accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size, amp)
-        test_acc = accuracy(model, data.test_x, data.test_y, cfg.eval_batch_size, amp)
+        val_acc = accuracy(model, data.val_x, data.val_y, eval_batch, amp)
+        test_acc = accuracy(model, data.test_x, data.test_y, eval_batch, amp)
         lr = next(g["lr"] for g in optimizer.param_groups if g["name"] == "classifier")
         stats = EpochStats(epoch, loss, acc, val_acc, test_acc, lr, time.perf_counter() - start, seen / train_seconds)
         history.append(stats)

@@ -145,3 +145,10 @@ def test_bf16_autocast_keeps_the_sampler_in_fp32():
         warped = model.stn(x)
     assert warped.dtype == torch.float32
     assert torch.allclose(warped, x, atol=1e-5)  # identity at initialization, even under bf16 autocast
+
+
+def test_evaluation_batches_are_larger_only_on_cuda():
+    assert dev.eval_batch_size(torch.device("cpu"), 256) == 256  # CPU results stay bit-identical
+    assert dev.eval_batch_size(torch.device("mps"), 256) == 256
+    assert dev.eval_batch_size(torch.device("cuda:1"), 256) == dev.CUDA_EVAL_BATCH
+    assert dev.eval_batch_size(torch.device("cuda"), 8192) == 8192  # a larger configured batch is kept
