@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -124,6 +125,33 @@ def eval_batch_size(device: torch.device, configured: int) -> int:
     autotuning already makes between two CUDA runs (under --deterministic the kernel for a shape is fixed, and
     repeats stay bit-identical)."""
     return max(configured, CUDA_EVAL_BATCH) if device.type == "cuda" else configured
+
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # the cuBLAS workspace setting that makes its matmuls deterministic
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With `enabled`, run the block on deterministic kernels only: `torch.use_deterministic_algorithms`, cuDNN
+    without autotuning and in its deterministic mode, cuBLAS with a fixed workspace (read at the process's first
+    CUDA matmul, which a training run is the first to make; a value the user set is kept). An operation PyTorch
+    has no deterministic kernel for warns instead of failing the run (`warn_only`): on CUDA that is grid_sample's
+    backward, so a spatial transformer's training still differs in the last bits between runs, while its twin
+    does not. The previous settings come back afterwards, so one run's flag does not leak into the next."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.benchmark, cudnn.deterministic)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.benchmark, cudnn.deterministic = saved[2:]
 
 
 def channels_last(device: torch.device) -> bool:

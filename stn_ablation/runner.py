@@ -67,6 +67,7 @@ class TrackedRun:
     reuse_finished: bool = False  # a finished run of `key` is returned as it is (see Tracker.open_run)
     robustness: RobustnessConfig = RobustnessConfig()
     precision: str = "auto"
+    deterministic: bool = False  # deterministic kernels only (train's `deterministic`), tagged on the run
 
 
 def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker: Tracker, *,
@@ -83,7 +84,8 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
         reuse_finished=run.reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
-              "precision": precision_name(autocast_dtype(device, run.precision)), **run.tags})
+              "precision": precision_name(autocast_dtype(device, run.precision)),
+              "deterministic": str(run.deterministic).lower(), **run.tags})
     if on_open:
         on_open(run_id)
     tracker.log_datasets(run_id, dataset_records(data))
@@ -93,6 +95,7 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
     try:
         with sampling:
             result = train(cfg, data, device, checkpoint=run.checkpoint, precision=run.precision,
+                           deterministic=run.deterministic,
                            **fan_out([progress.hooks, recorder.hooks, *hooks]))
     except StopRun as e:
         tracker.end_run(run_id, "pruned", str(e))

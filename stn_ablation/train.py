@@ -23,7 +23,8 @@ from stn_ablation.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataSplits
-from stn_ablation.device import autocast, autocast_dtype, channels_last, eval_batch_size, precision_flag, precision_name
+from stn_ablation.device import (autocast, autocast_dtype, channels_last, deterministic_kernels, eval_batch_size,
+                                 precision_flag, precision_name)
 from stn_ablation.evaluate import accuracy
 from stn_ablation.faults import fault_point
 from stn_ablation.registry import create_model
@@ -135,19 +136,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> t
 
 def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
           on_start: StartHook | None = None, on_epoch: EpochHook | None = None, on_end: EndHook | None = None,
-          precision: str = "auto") -> TrainResult:
+          precision: str = "auto", deterministic: bool = False) -> TrainResult:
     """Train `cfg.variant` on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
     an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
-    `precision` (see device.autocast_dtype) changes speed, not what is compared. The hooks hear the run start
-    (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its end; none of
-    them changes the run's random numbers."""
+    `precision` (see device.autocast_dtype) changes speed, not what is compared; `deterministic` runs on
+    deterministic kernels only (device.deterministic_kernels), for bit-identical repeats on CUDA. The hooks hear
+    the run start (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its
+    end; none of them changes the run's random numbers."""
+    with deterministic_kernels(deterministic):
+        return _train(cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision)
+
+
+def _train(cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision) -> TrainResult:
     amp = autocast_dtype(device, precision)
     if device.type == "cpu":
         keep_freed_memory()
     model = build_model(cfg, data.in_shape, data.num_classes).to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     optimizer = make_optimizer(model, cfg, fused=scaler.is_enabled())

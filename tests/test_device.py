@@ -3,6 +3,7 @@ PyTorch reports."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -152,3 +153,19 @@ def test_evaluation_batches_are_larger_only_on_cuda():
     assert dev.eval_batch_size(torch.device("mps"), 256) == 256
     assert dev.eval_batch_size(torch.device("cuda:1"), 256) == dev.CUDA_EVAL_BATCH
     assert dev.eval_batch_size(torch.device("cuda"), 8192) == 8192  # a larger configured batch is kept
+
+
+def test_deterministic_kernels_set_every_switch_and_restore_them(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    with dev.deterministic_kernels(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # grid_sample's CUDA backward has no other
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    with dev.deterministic_kernels(False):
+        assert not torch.are_deterministic_algorithms_enabled() and cudnn.benchmark

@@ -436,3 +436,14 @@ def test_data_is_kept_in_the_models_layout_with_the_same_results(small_cifar, sh
     nchw = dataclasses.replace(data, **{k: getattr(data, k).contiguous() for k in ("train_x", "val_x", "test_x")})
     cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, aug="standard")
     assert_same_run(train(cfg, data, CPU), train(cfg, nchw, CPU))
+
+
+def test_deterministic_runs_on_deterministic_kernels_and_restores_them(small_cifar, shrink):
+    data = shrink(small_cifar, 64, 50)
+    seen = []
+    hook = lambda stats, model: seen.append(torch.are_deterministic_algorithms_enabled())  # noqa: E731
+    cfg = TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=64)
+    plain = train(cfg, data, CPU, on_epoch=hook)
+    deterministic = train(cfg, data, CPU, on_epoch=hook, deterministic=True)
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    assert_same_run(plain, deterministic)  # the CPU was deterministic already
