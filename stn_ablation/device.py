@@ -51,18 +51,36 @@ def worker_devices(device: str, workers: int, share_gpus: bool = False) -> list[
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX, Arm's BF16 extension
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The instruction-set flags the kernel lists for this CPU (`flags` on x86, `Features` on Arm); empty where
-    /proc/cpuinfo is absent (not Linux), which makes `auto` choose fp32 there."""
+def _cpuinfo(keys: tuple[str, ...], cpuinfo: Path) -> str | None:
+    """The value of the first line of /proc/cpuinfo whose key is one of `keys`; None where there is no such line
+    or no /proc/cpuinfo (not Linux)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags the kernel lists for this CPU (`flags` on x86, `Features` on Arm); empty where
+    /proc/cpuinfo is absent (not Linux), which makes `auto` choose fp32 there."""
+    return frozenset((_cpuinfo(("flags", "Features"), cpuinfo) or "").split())
+
+
+def device_model(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What the device is, for a benchmark's header: the GPU's name on CUDA, the CPU's model string on the CPU
+    (`model name` on x86; Arm kernels often list none, and the platform's processor name is used)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        return _cpuinfo(("model name",), cpuinfo) or platform.processor() or "unknown CPU"
+    return device.type
 
 
 def usable_cores() -> int:

@@ -148,6 +148,15 @@ def test_bf16_autocast_keeps_the_sampler_in_fp32():
     assert torch.allclose(warped, x, atol=1e-5)  # identity at initialization, even under bf16 autocast
 
 
+def test_device_model_names_the_gpu_or_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert dev.device_model(torch.device("cuda:1")) == "NVIDIA H100 80GB HBM3"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\nflags\t\t: fpu\n")
+    assert dev.device_model(torch.device("cpu"), cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    assert dev.device_model(torch.device("cpu"), tmp_path / "absent")  # a name of some kind, never empty
+
+
 def test_evaluation_batches_are_larger_only_on_cuda():
     assert dev.eval_batch_size(torch.device("cpu"), 256) == 256  # CPU results stay bit-identical
     assert dev.eval_batch_size(torch.device("mps"), 256) == 256
