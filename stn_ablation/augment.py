@@ -1,7 +1,9 @@
 """Data augmentation as pure functions on whole batches (B x C x H x W, any dtype, on any device).
 
 Randomness comes only from the `torch.Generator` passed in, which lives on the batch's device: the same generator
-state gives the same batch, and no per-sample Python or PIL work is done.
+state gives the same batch, and no per-sample Python or PIL work is done. Every function returns its batch in the
+memory layout it was given (NCHW, or channels_last where the data set is kept so for the model): a layout change
+here would make the model's first convolution copy the batch back every step.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from stn_ablation.errors import ConfigError
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for a batch stored NHWC (with one channel both layouts are the same, and NCHW is answered)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +38,8 @@ def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int,
     [0, 2*pad] (a translation by (pad - dy, pad - dx) pixels, uncovered pixels zero, the mean colour once
     normalized), mirrored left-right where `mirror[b]`. One gather from the unpadded batch with clamped indices and
     a mask: no padded copy, no second gather, no pass for the flip (a third less time than pad + two gathers +
-    flip for a batch of 128 on 2 CPU cores, by the profiler: 1.07 vs 1.58 ms with the batch's indexing)."""
+    flip for a batch of 128 on 2 CPU cores, by the profiler: 1.07 vs 1.58 ms with the batch's indexing). A
+    channels_last batch is gathered as B x H*W x C, whole pixels at a time, and stays channels_last."""
     b, c, h, w = x.shape
     rows = dy[:, None] - pad + torch.arange(h, device=x.device)  # B x H source rows
     cols = dx[:, None] - pad + torch.arange(w, device=x.device)  # B x W source columns
@@ -39,7 +47,11 @@ def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int,
         cols = torch.where(mirror[:, None], cols.flip(1), cols)
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # B x H x W
     index = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # B x H x W, into H*W
-    out = x.flatten(2).gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+    if _is_channels_last(x):
+        pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view of the NHWC storage
+        out = pixels.gather(1, index.view(b, h * w, 1).expand(b, h * w, c)).view(b, h, w, c).permute(0, 3, 1, 2)
+    else:
+        out = x.flatten(2).gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
     return out.masked_fill_(~inside[:, None], 0)
 
 
@@ -55,7 +67,8 @@ def affine_warp(x: torch.Tensor, degrees: torch.Tensor | float = 0.0, scale: tor
                 shift_px: tuple[torch.Tensor | float, torch.Tensor | float] = (0.0, 0.0)) -> torch.Tensor:
     """Rotate by `degrees` (counter-clockwise), zoom by `scale` (> 1 enlarges the content) and move by `shift_px`
     pixels (right, down), per image or for the whole batch, bilinear, filling with zero (the mean colour once
-    normalized): the same fill for every model, so no variant is favoured by the border."""
+    normalized): the same fill for every model, so no variant is favoured by the border. grid_sample writes NCHW
+    whatever its input; a channels_last batch is given back channels_last."""
     b, _, h, w = x.shape
     as_batch = lambda v: torch.as_tensor(v, dtype=torch.float32, device=x.device).expand(b)  # noqa: E731
     angle, zoom = as_batch(degrees) * (math.pi / 180), as_batch(scale)
@@ -65,7 +78,8 @@ def affine_warp(x: torch.Tensor, degrees: torch.Tensor | float = 0.0, scale: tor
     theta = torch.stack([torch.stack([cos, -sin, cos * tx - sin * ty], 1),
                          torch.stack([sin, cos, sin * tx + cos * ty], 1)], 1)  # B x 2 x 3
     grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
-    return F.grid_sample(x.float(), grid, align_corners=False).to(x.dtype)
+    layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    return F.grid_sample(x.float(), grid, align_corners=False).to(x.dtype, memory_format=layout)
 
 
 AFFINE_DEGREES = 30.0  # "affine" augmentation: rotation uniform in +-30 degrees,

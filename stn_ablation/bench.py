@@ -6,6 +6,7 @@ claims come from this output, with the command beside them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -26,7 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from stn_ablation.config import REFERENCE_AUGMENTATIONS, TrainConfig
 from stn_ablation.data import DataSplits, RawDataset, load_dataset, prepare, split_indices
-from stn_ablation.device import autocast_dtype, cpu_has_native_bf16, usable_cores
+from stn_ablation.device import (autocast_dtype, cpu_has_native_bf16, device_model, eval_batch_size, usable_cores,
+                                 worker_devices)
 from stn_ablation.errors import ConfigError
 from stn_ablation.evaluate import predict
 from stn_ablation.registry import create_model, get_variant
@@ -120,7 +123,7 @@ def measure_variant(name: str, raw: RawDataset, pool: DataSplits, aug: str, batc
     cfg = TrainConfig(variant=name, aug=aug, batch_size=batch_size, epochs=1, val_size=0)
     train_rates, model, ref_model = _time_training(cfg, raw, pool, device, precision, plan)
     eval_rates, eval_batch = _time_evaluation(model, ref_model, raw, pool, device, autocast_dtype(device, precision),
-                                              plan, cfg.eval_batch_size)
+                                              plan, eval_batch_size(device, cfg.eval_batch_size))
     x, y = pool.test_x[:FLOP_BATCH].cpu(), pool.test_y[:FLOP_BATCH].cpu()
     flops, uncounted = training_flops(create_model(name, in_shape=pool.in_shape, num_classes=pool.num_classes), x, y)
     return Measured(name, train_rates, eval_rates, eval_batch, flops / len(x), uncounted)
@@ -130,13 +133,15 @@ def _time_training(cfg: TrainConfig, raw: RawDataset, pool: DataSplits, device: 
                    plan: Plan) -> tuple[tuple[list[float], list[float]], nn.Module, nn.Module]:
     """Warm both up, size the trainer's epoch to `plan.train_s`, then time rounds A B A B ...: (images/s of each
     round of (trainer, reference), the trainer's last model, the reference's model). The reference trains one
-    model and optimizer across its rounds, as the tutorial does across epochs."""
+    model and optimizer across its rounds, as the tutorial does across epochs. The first trainer epoch is always
+    a warm-up, whatever it took: it meets every shape a timed round will (the training batch; an epoch drops the
+    partial one), so one-off set-up such as cuDNN timing its kernels for each shape is charged neither to the
+    rounds nor to the rate they are sized with."""
     from stn_ablation import reference
 
     bs = cfg.batch_size
+    _trainer_round(cfg, _head(pool, MIN_STEPS * bs), device, precision)  # warm-up
     rate = _trainer_round(cfg, _head(pool, MIN_STEPS * bs), device, precision)[0]
-    if MIN_STEPS * bs / rate < 1.0:  # that epoch was mostly one-off set-up: estimate again
-        rate = _trainer_round(cfg, _head(pool, MIN_STEPS * bs), device, precision)[0]
     n = min(max(round(rate * plan.train_s / bs), MIN_STEPS), len(pool.train_y) // bs) * bs
     idx = split_indices(len(raw.train_y), 0)[0][:n]  # the images prepare() put first, in the same order
     loader = reference.tutorial_loader(raw.train_x[idx], raw.train_y[idx], cfg.aug, pool.mean, pool.std, train=True)
@@ -157,14 +162,17 @@ def _time_evaluation(model: nn.Module, ref_model: nn.Module, raw: RawDataset, po
                      ) -> tuple[tuple[list[float], list[float]], int]:
     """Rounds A B A B ... of predict() on `m` test images in batches of up to `batch_size` (the trainer's
     eval_batch_size) and of the tutorial's test loop on the same images, `m` sized to `plan.eval_s`:
-    (images/s of each round of (trainer, reference), the predict() batch size used)."""
+    (images/s of each round of (trainer, reference), the predict() batch size used). Before any timed round both
+    run once over all `m` images, so every batch shape, the last partial one included, has met its one-off set-up
+    (cuDNN timing its kernels on CUDA) outside the timed rounds."""
     from stn_ablation import reference
 
-    warm = _predict_rate(model, pool.test_x[:MIN_EVAL], MIN_EVAL, amp)  # warm-up, and the rate to size with
+    warm = _predict_rate(model, pool.test_x[:MIN_EVAL], MIN_EVAL, amp)  # first set-up, and the rate to size with
     m = min(max(round(warm * plan.eval_s), MIN_EVAL), len(pool.test_y))
     batch_size = min(batch_size, m)
     loader = reference.tutorial_loader(raw.test_x[:m], raw.test_y[:m], "none", pool.mean, pool.std, train=False)
-    reference.evaluate_for(ref_model, loader, device, float("inf"), max_batches=2)  # warm-up
+    _predict_rate(model, pool.test_x[:m], batch_size, amp)  # warm-up: every shape of the timed rounds
+    reference.evaluate_for(ref_model, loader, device, float("inf"))  # warm-up, to its last batch
     rates: tuple[list[float], list[float]] = ([], [])
     for _ in range(plan.rounds):
         rates[0].append(_predict_rate(model, pool.test_x[:m], batch_size, amp))
@@ -242,9 +250,26 @@ def training_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return counter.get_total_flops(), tuple(sorted(m for m in missed if m.startswith(UNCOUNTED)))
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float) -> tuple[float, int] | None:
-    """Best FLOP/s of a square `torch.mm` in `dtype` over about `seconds`, and its size n (doubled from 256 until
-    one product takes 50 ms); None where the device cannot multiply in `dtype`."""
+def matmul_peak(device: torch.device, dtype: torch.dtype | None, seconds: float) -> tuple[float, int] | None:
+    """Best FLOP/s of a square `torch.mm` in `dtype` (None: fp32) over about `seconds`, and its size n (doubled
+    from 256 until one product takes 50 ms); None where the device cannot multiply in `dtype`. fp32 is multiplied
+    with the TF32 setting the convolutions run with (cuDNN's, on by default), so a trainer's fp32 %peak compares
+    its convolutions with the arithmetic they actually use."""
+    with _matmul_tf32(torch.backends.cudnn.allow_tf32):
+        return _matmul_peak(device, dtype or torch.float32, seconds)
+
+
+@contextlib.contextmanager
+def _matmul_tf32(allow: bool) -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float) -> tuple[float, int] | None:
     n = 256
     try:
         while True:
@@ -297,13 +322,16 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
 
     data = f"CIFAR-10 ({raw.provenance})" if real_data else raw.provenance
     native = device.type != "cpu" or cpu_has_native_bf16()
+    tf32 = " (TF32, as the convolutions)" if _tf32(device) else ""
     peak_text = "; ".join(
-        f"{PRECISION_NAMES[dtype]} " + (f"{p[0] / 1e9:.1f} GFLOP/s (n={p[1]})" if p else "not supported")
+        f"{PRECISION_NAMES[dtype]}{tf32 if dtype is None else ''} "
+        + (f"{p[0] / 1e9:.1f} GFLOP/s (n={p[1]})" if p else "not supported")
         + (" [EMULATED: this CPU has no native bf16]" if dtype is torch.bfloat16 and not native else "")
         for dtype, p in peaks.items())
     return [
-        f"stn-ablate bench: torch {torch.__version__}, device {device}, precision {PRECISION_NAMES[amp]} "
-        f"(asked: {precision}), {_threads(torch.get_num_threads())}, batch size {batch_size}, aug {aug}",
+        f"stn-ablate bench: torch {torch.__version__}, device {device} ({device_model(device)}), precision "
+        f"{PRECISION_NAMES[amp]} (asked: {precision}), {_threads(torch.get_num_threads())}, batch size "
+        f"{batch_size}, aug {aug}",
         f"data: {data}",
         "trainer: stn_ablation.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
         "evaluate.predict",
@@ -318,6 +346,11 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
                                + (" -- THEY COMPETED FOR THE CPU: the numbers are indicative" if others > 0.2 else "")),
         "",
     ]
+
+
+def _tf32(device: torch.device) -> bool:
+    """Whether fp32 convolutions, and so the fp32 matmul peak, run in TF32 on `device` (CUDA only)."""
+    return device.type == "cuda" and torch.backends.cudnn.allow_tf32
 
 
 def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> list[str]:
@@ -360,16 +393,28 @@ def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> li
 
 
 def _workers_report(aug: str, batch_size: int, device: torch.device, precision: str, seconds: float) -> list[str]:
+    """Trials/hour of 1 vs 2 worker processes. On the CPU they split its cores; on CUDA each gets the GPU
+    `stn-ablate run --workers 2 --share-gpus` would give it (its own where there are two, else one shared), and
+    the lines name those GPUs, since there the GPU, not the CPU threads, does the work."""
     cores = usable_cores()
     half = max(1, cores // 2)
-    one = trials_per_hour(run_workers(1, cores, seconds, aug, batch_size, device, precision))
-    two = trials_per_hour(run_workers(2, half, seconds, aug, batch_size, device, precision))
+    settings = [[str(device)], worker_devices(str(device), 2, share_gpus=True)]
+    one, two = (trials_per_hour(run_workers(devices, threads, seconds, aug, batch_size, precision))
+                for devices, threads in zip(settings, (cores, half)))
     variant, n_train, n_eval = TRIAL
     return ["", f"worker processes: a trial = {variant}, 1 epoch on {n_train} synthetic images, then "
                 f"{n_eval} validation + {n_eval} test images evaluated; aug {aug}, batch size {batch_size}; "
                 f"~{seconds:.0f} s of trials per setting after a warm-up trial",
-            f"  1 process   x {_threads(cores)}: {one:.0f} trials/hour",
-            f"  2 processes x {_threads(half)}: {two:.0f} trials/hour ({two / one:.2f}x)"]
+            f"  {_workers_label(settings[0], cores)}: {one:.0f} trials/hour",
+            f"  {_workers_label(settings[1], half)}: {two:.0f} trials/hour ({two / one:.2f}x)"]
+
+
+def _workers_label(devices: list[str], threads: int) -> str:
+    """`1 process   x 4 threads` on the CPU; `2 processes on cuda:0, cuda:1 (NVIDIA ...)` on CUDA."""
+    processes = f"{len(devices)} process{'es' if len(devices) > 1 else '  '}"
+    if not devices[0].startswith("cuda"):
+        return f"{processes} x {_threads(threads)}"
+    return f"{processes} on {', '.join(devices)} ({device_model(torch.device(devices[0]))})"
 
 
 def _threads(n: int) -> str:
@@ -389,18 +434,18 @@ def trials_per_hour(workers: list[WorkerTrials]) -> float:
     return sum(3600 * w.trials / w.seconds for w in workers)
 
 
-def run_workers(processes: int, threads: int, seconds: float, aug: str, batch_size: int, device: torch.device,
-                precision: str, trial: tuple[str, int, int] = TRIAL) -> list[WorkerTrials]:
-    """Run `processes` concurrent trial_worker processes of `threads` threads each, started together after their
-    warm-up; what each measured. `trial` is (variant, training images, validation = test images)."""
+def run_workers(devices: list[str], threads: int, seconds: float, aug: str, batch_size: int, precision: str,
+                trial: tuple[str, int, int] = TRIAL) -> list[WorkerTrials]:
+    """Run one trial_worker process on each of `devices`, concurrently, `threads` threads each, started together
+    after their warm-up; what each measured. `trial` is (variant, training images, validation = test images)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    code = (f"from stn_ablation.bench import trial_worker; "
-            f"trial_worker({threads}, {seconds!r}, {aug!r}, {batch_size}, {str(device)!r}, {precision!r}, {trial!r})")
-    errs = [tempfile.TemporaryFile("w+") for _ in range(processes)]
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=err, text=True, env=env) for err in errs]
+    code = lambda device: (f"from stn_ablation.bench import trial_worker; trial_worker({threads}, {seconds!r}, "  # noqa: E731
+                           f"{aug!r}, {batch_size}, {device!r}, {precision!r}, {trial!r})")
+    errs = [tempfile.TemporaryFile("w+") for _ in devices]
+    procs = [subprocess.Popen([sys.executable, "-c", code(device)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=err, text=True, env=env) for device, err in zip(devices, errs)]
     try:
         for p, err in zip(procs, errs):
             if not any(line.strip() == "ready" for line in p.stdout):

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from stn_ablation.config import AUGMENTATIONS, DATASETS, DEVICES, PRECISIONS, REFERENCE_AUGMENTATIONS
+from stn_ablation.config import AUGMENTATIONS, DATASETS, PRECISIONS, REFERENCE_AUGMENTATIONS
 from stn_ablation.errors import UsageError
 from stn_ablation.report import FORMATS
 
@@ -22,6 +22,14 @@ EPILOG = """everyday use:
   stn-ablate ui --study baseline_vs_stn      the MLflow UI on the same store
   stn-ablate report --study baseline_vs_stn  reports/baseline_vs_stn/README.md and figures
 `stn-ablate COMMAND --help` lists a command's options."""
+
+DEVICE_HELP = ("auto (a GPU if any, then mps, then the CPU), cpu, cuda, cuda:N (one GPU by index) or mps; "
+               "default auto")
+DETERMINISTIC_HELP = """deterministic kernels only (torch.use_deterministic_algorithms, no cuDNN autotuning),
+recorded as the run tag deterministic=true. On the CPU runs are bit-identical without it. On CUDA, without it two
+runs of one command, or a run and its resumed self, differ in the last bits (cuDNN picks kernels by timing them);
+with it, the same command on the same GPU model, driver and PyTorch repeats bit for bit, resumes included, except
+an STN's grid_sample backward, which has no deterministic CUDA kernel (PyTorch warns). Slower on CUDA"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,9 +45,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--epochs", type=int, help="epochs per run (default 50)")
     training.add_argument("--subset", type=int, help="train on the first N images of a fixed shuffle")
-    training.add_argument("--device", default="auto", choices=DEVICES)
+    training.add_argument("--device", default="auto", help=DEVICE_HELP)
     training.add_argument("--precision", default="auto", choices=PRECISIONS,
-                          help="autocast precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
+                          help="autocast precision; auto = bf16 on GPUs and CPUs with native bf16, fp16 on older "
+                               "GPUs, else fp32")
+    training.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     training.add_argument("--data-root", help="torchvision data root; default $STN_ABLATE_DATA or a cache folder")
 
     sub.add_parser("list", help="list model variants and studies")
@@ -62,7 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      "sqlite:///FILE, or a .journal file; default: a journal in the state folder")
     p.add_argument("--n-trials", type=int, help="tuning: total trials; grid: only the first N cells")
     p.add_argument("--workers", type=int, default=1,
-                   help="worker processes on this machine, sharing the study; CPU threads are split between them")
+                   help="worker processes on this machine, sharing the study; CPU threads are split between them, "
+                        "and with --device auto or cuda each gets its own GPU, round-robin")
+    p.add_argument("--share-gpus", action="store_true", help="allow more --workers than visible GPUs")
 
     p = sub.add_parser("report", parents=[common], help="write a study's report from its MLflow runs")
     p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
@@ -75,7 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", help="variant to measure (repeatable); default: all four")
     p.add_argument("--aug", default="standard", choices=REFERENCE_AUGMENTATIONS)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--seconds", type=float, default=20.0, help="measuring time per pipeline and variant")
     p.add_argument("--real-data", action="store_true", help="real CIFAR-10 instead of synthetic CIFAR-shaped data")
@@ -130,7 +142,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from stn_ablation.device import select_device
+    from stn_ablation.device import select_device, worker_devices
     from stn_ablation.paths import StateHome
     from stn_ablation.study import Worker, summarize
     from stn_ablation.studyfile import load_study
@@ -140,24 +152,29 @@ def cmd_run(args: argparse.Namespace) -> None:
     home = StateHome.resolve(args.home)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    device = select_device(args.device)  # a bad or absent device fails here, before any worker starts
     if args.workers > 1:
-        _run_workers(args.argv, args.workers)
+        _run_workers(args.argv, worker_devices(args.device, args.workers, args.share_gpus))
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
-    worker = Worker(spec, home, tracker, select_device(args.device), data_root=args.data_root,
-                    storage_url=args.storage, precision=args.precision)
+    worker = Worker(spec, home, tracker, device, data_root=args.data_root, storage_url=args.storage,
+                    precision=args.precision, deterministic=args.deterministic)
     study = worker.run()
     print(summarize(study, spec))
 
 
-def _run_workers(argv: list[str], n: int) -> None:
-    """Start `n` single-worker copies of this command, each with an equal share of the CPU threads, and wait.
-    They coordinate through the study's storage; the caller then prints the summary."""
+def _run_workers(argv: list[str], devices: list[str]) -> None:
+    """Start one single-worker copy of this command on each of `devices` (device.worker_devices), each with an
+    equal share of the CPU threads, and wait. They coordinate through the study's storage; the caller then prints
+    the summary."""
     import subprocess
 
-    threads = max(1, (os.cpu_count() or 1) // n)
-    single = [*argv, "--workers", "1"]  # argparse keeps the last value
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    workers = [subprocess.Popen([sys.executable, "-m", "stn_ablation.cli", *single], env=env) for _ in range(n)]
+    workers = []
+    for number, device in enumerate(devices, 1):
+        logging.getLogger(__name__).info("worker %d of %d on --device %s", number, len(devices), device)
+        single = [*argv, "--workers", "1", "--device", device]  # argparse keeps the last value
+        workers.append(subprocess.Popen([sys.executable, "-m", "stn_ablation.cli", *single], env=env))
     codes = [w.wait() for w in workers]
     if any(codes):
         raise UsageError(f"worker exit codes {codes}; re-run the same command to resume what they left")
@@ -264,7 +281,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     key = f"train-{cfg.digest()}"
     checkpoint = home.checkpoint(key)
     run = TrackedRun(cfg, experiment, key, run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}", checkpoint=checkpoint,
-                     precision=args.precision)
+                     precision=args.precision, deterministic=args.deterministic)
     run_id, result = run_tracked(run, data, device, tracker)
     checkpoint.unlink(missing_ok=True)  # the run is complete in MLflow; the same command trains afresh
     last = result.history[-1] if result.history else None

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from stn_ablation.device import channels_last
 from stn_ablation.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,10 @@ def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare(raw: RawDataset, device: torch.device, *, val_size: int = 5000, subset: int | None = None) -> DataSplits:
-    """Normalize once, split, move to `device`. `subset` keeps the first N training images of the fixed shuffle."""
+    """Normalize once, split, move to `device`. `subset` keeps the first N training images of the fixed shuffle.
+    The images are stored in the layout the model runs in (channels_last where device.channels_last says so), so
+    neither a training batch, which indexing and augmentation keep in that layout, nor an evaluation batch is
+    copied into it by the first convolution every step; the values, and so every result, are the same."""
     train_idx, val_idx = split_indices(len(raw.train_y), val_size)
     if subset is not None:
         if subset > len(train_idx):
@@ -264,8 +268,11 @@ def prepare(raw: RawDataset, device: torch.device, *, val_size: int = 5000, subs
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
 
+    layout = torch.channels_last if channels_last(device) else torch.contiguous_format
+
     def normalize(x: torch.Tensor) -> torch.Tensor:
-        return (x.to(device, non_blocking=True).float().div_(255) - mean).div_(std)
+        x = x.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=layout)
+        return (x - mean).div_(std)
 
     def labels(y: torch.Tensor) -> torch.Tensor:
         return y.to(device, non_blocking=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -50,18 +51,36 @@ def worker_devices(device: str, workers: int, share_gpus: bool = False) -> list[
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX, Arm's BF16 extension
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The instruction-set flags the kernel lists for this CPU (`flags` on x86, `Features` on Arm); empty where
-    /proc/cpuinfo is absent (not Linux), which makes `auto` choose fp32 there."""
+def _cpuinfo(keys: tuple[str, ...], cpuinfo: Path) -> str | None:
+    """The value of the first line of /proc/cpuinfo whose key is one of `keys`; None where there is no such line
+    or no /proc/cpuinfo (not Linux)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags the kernel lists for this CPU (`flags` on x86, `Features` on Arm); empty where
+    /proc/cpuinfo is absent (not Linux), which makes `auto` choose fp32 there."""
+    return frozenset((_cpuinfo(("flags", "Features"), cpuinfo) or "").split())
+
+
+def device_model(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What the device is, for a benchmark's header: the GPU's name on CUDA, the CPU's model string on the CPU
+    (`model name` on x86; Arm kernels often list none, and the platform's processor name is used)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        return _cpuinfo(("model name",), cpuinfo) or platform.processor() or "unknown CPU"
+    return device.type
 
 
 def usable_cores() -> int:
@@ -108,6 +127,49 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+CUDA_EVAL_BATCH = 2048  # the least evaluation batch on CUDA (eval_batch_size)
+
+
+def eval_batch_size(device: torch.device, configured: int) -> int:
+    """The batch evaluation runs in on `device`, for a config's `eval_batch_size`. On CUDA at least
+    CUDA_EVAL_BATCH: with 256 images of 32 x 32 a batch, these small models leave a GPU idle between kernel
+    launches, and evaluation holds only activations (no gradients), a few hundred MB for loc3 at 2048. On the CPU
+    and MPS the configured batch, so their results stay what they were, bit for bit. This is a trainer detail, not
+    part of the config (nor its digest): in eval mode each image's logits depend only on that image (BatchNorm
+    uses its running statistics, no dropout), so on CUDA the batch changes at most which kernel cuDNN times fastest
+    for the shape, and with it the last bits of a logit under autocast or TF32: the kind of difference cuDNN
+    autotuning already makes between two CUDA runs (under --deterministic the kernel for a shape is fixed, and
+    repeats stay bit-identical)."""
+    return max(configured, CUDA_EVAL_BATCH) if device.type == "cuda" else configured
+
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # the cuBLAS workspace setting that makes its matmuls deterministic
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With `enabled`, run the block on deterministic kernels only: `torch.use_deterministic_algorithms`, cuDNN
+    without autotuning and in its deterministic mode, cuBLAS with a fixed workspace (read at the process's first
+    CUDA matmul, which a training run is the first to make; a value the user set is kept). An operation PyTorch
+    has no deterministic kernel for warns instead of failing the run (`warn_only`): on CUDA that is grid_sample's
+    backward, so a spatial transformer's training still differs in the last bits between runs, while its twin
+    does not. The previous settings come back afterwards, so one run's flag does not leak into the next."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.benchmark, cudnn.deterministic)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.benchmark, cudnn.deterministic = saved[2:]
 
 
 def channels_last(device: torch.device) -> bool:

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data import DataSplits
-from stn_ablation.device import autocast_dtype, precision_name
+from stn_ablation.device import autocast_dtype, eval_batch_size, precision_name
 from stn_ablation.evaluate import score
 from stn_ablation.registry import get_variant
 from stn_ablation.robustness import sweep_accuracy, theta_stats
@@ -67,6 +67,7 @@ class TrackedRun:
     reuse_finished: bool = False  # a finished run of `key` is returned as it is (see Tracker.open_run)
     robustness: RobustnessConfig = RobustnessConfig()
     precision: str = "auto"
+    deterministic: bool = False  # deterministic kernels only (train's `deterministic`), tagged on the run
 
 
 def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker: Tracker, *,
@@ -83,7 +84,8 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
         reuse_finished=run.reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
-              "precision": precision_name(autocast_dtype(device, run.precision)), **run.tags})
+              "precision": precision_name(autocast_dtype(device, run.precision)),
+              "deterministic": str(run.deterministic).lower(), **run.tags})
     if on_open:
         on_open(run_id)
     tracker.log_datasets(run_id, dataset_records(data))
@@ -93,6 +95,7 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
     try:
         with sampling:
             result = train(cfg, data, device, checkpoint=run.checkpoint, precision=run.precision,
+                           deterministic=run.deterministic,
                            **fan_out([progress.hooks, recorder.hooks, *hooks]))
     except StopRun as e:
         tracker.end_run(run_id, "pruned", str(e))
@@ -158,12 +161,13 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
     tracker.log_metrics_once(run_id, {k: v for k, v in final.items() if math.isfinite(v)}, step=len(history))
     tracker.log_dict(run_id, cfg.as_dict(), "config.json")
     if result.status == "finished":
-        amp = autocast_dtype(data.test_x.device, precision)
-        test = score(model, data.test_x, data.test_y, data.num_classes, cfg.eval_batch_size, amp)
+        device = data.test_x.device
+        amp, batch = autocast_dtype(device, precision), eval_batch_size(device, cfg.eval_batch_size)
+        test = score(model, data.test_x, data.test_y, data.num_classes, batch, amp)
         tracker.log_dict(run_id, dict(zip(data.classes, test.per_class())), "per_class_test_acc.json")
         tracker.log_metrics_once(run_id, {
-            **sweep_accuracy(model, data.test_x, data.test_y, robustness, cfg.eval_batch_size, amp),
-            **theta_stats(model, data.test_x, cfg.eval_batch_size)})
+            **sweep_accuracy(model, data.test_x, data.test_y, robustness, batch, amp),
+            **theta_stats(model, data.test_x, batch)})
         tracker.log_model(run_id, model, data.test_x[:2])
     tracker.end_run(run_id, result.status, result.reason)
 

@@ -47,6 +47,7 @@ class Worker:
     data_root: str | None = None
     storage_url: str | None = None
     precision: str = "auto"
+    deterministic: bool = False
     owner: str = field(default_factory=this_owner)
     _failed_here: set[str] = field(default_factory=set)
     _data: dict[tuple, DataSplits] = field(default_factory=dict)
@@ -154,8 +155,8 @@ class Worker:
             cfg, self.experiment, key,
             run_name="-".join(cell_label(cfg)) + (f"-t{trial.number}" if spec.search else ""),
             checkpoint=checkpoint, parent_run_id=self.parent, reuse_finished=True, robustness=spec.robustness,
-            precision=self.precision,
-            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(cell_label(cfg))}",
+            precision=self.precision, deterministic=self.deterministic,
+            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(cell_label(cfg))} on {self.device}",
             tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
                   "cell": cell, "study_file_sha256": spec.file_sha256})
         with beat:

@@ -23,7 +23,8 @@ from stn_ablation.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataSplits
-from stn_ablation.device import autocast, autocast_dtype, channels_last, precision_flag, precision_name
+from stn_ablation.device import (autocast, autocast_dtype, channels_last, deterministic_kernels, eval_batch_size,
+                                 precision_flag, precision_name)
 from stn_ablation.evaluate import accuracy
 from stn_ablation.faults import fault_point
 from stn_ablation.registry import create_model, get_variant
@@ -114,9 +115,12 @@ def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
     return (step + 1) / rise if step < rise else max(0.0, (total - step) / max(1, total - rise))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """Four parameter groups: {classifier, localization net} x {weights, no-decay}. Biases and norms are not
-    decayed; the transformer's last bias *is* the identity transform, and decaying it would shrink every image."""
+    decayed; the transformer's last bias *is* the identity transform, and decaying it would shrink every image.
+    `fused`: one fused kernel per step that reads a GradScaler's inf flag on the device; with a plain optimizer
+    the scaler reads that flag on the host (`.item()`), a host-device synchronisation every fp16 step. Only the
+    scaled (fp16) path asks for it, so fp32 and bf16 keep the for-each kernels and their results bit for bit."""
     stn_ids = {id(p) for p in model.stn.parameters()} if getattr(model, "stn", None) is not None else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
@@ -127,34 +131,42 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         for (is_stn, decay), ps in sorted(groups.items())
     ]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), fused=fused or None)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           fused=fused or None)
 
 
 def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
           on_start: StartHook | None = None, on_epoch: EpochHook | None = None, on_end: EndHook | None = None,
-          precision: str = "auto") -> TrainResult:
+          precision: str = "auto", deterministic: bool = False) -> TrainResult:
     """Train `cfg.variant` on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
     an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
-    `precision` (see device.autocast_dtype) changes speed, not what is compared. The hooks hear the run start
-    (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its end; none of
-    them changes the run's random numbers."""
+    `precision` (see device.autocast_dtype) changes speed, not what is compared; `deterministic` runs on
+    deterministic kernels only (device.deterministic_kernels), for bit-identical repeats on CUDA. The hooks hear
+    the run start (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its
+    end; none of them changes the run's random numbers."""
+    with deterministic_kernels(deterministic):
+        return _train(cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision)
+
+
+def _train(cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision) -> TrainResult:
     amp = autocast_dtype(device, precision)
     if device.type == "cpu":
         keep_freed_memory()
     model = build_model(cfg, data.in_shape, data.num_classes).to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    optimizer = make_optimizer(model, cfg, fused=scaler.is_enabled())
     steps_per_epoch = max(1, len(data.train_y) // cfg.batch_size)  # the last partial batch is dropped
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(min(step, total - 1), total, cfg.schedule, cfg.warmup))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # shuffling and augmentation
     history: list[EpochStats] = []
+    eval_batch = eval_batch_size(device, cfg.eval_batch_size)
 
     numerics = {"device": device.type, "precision": precision_name(amp)}  # what a resume must not change
     state = load_checkpoint(checkpoint) if checkpoint else None
@@ -182,8 +194,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
         if not math.isfinite(loss) or loss > DIVERGED_LOSS * math.log(data.num_classes):
             status, reason = "diverged", f"diverged at epoch {epoch}: train loss is {loss:.4g}"
             break
-        val_acc = accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size, amp)
-        test_acc = accuracy(model, data.test_x, data.test_y, cfg.eval_batch_size, amp)
+        val_acc = accuracy(model, data.val_x, data.val_y, eval_batch, amp)
+        test_acc = accuracy(model, data.test_x, data.test_y, eval_batch, amp)
         lr = next(g["lr"] for g in optimizer.param_groups if g["name"] == "classifier")
         stats = EpochStats(epoch, loss, acc, val_acc, test_acc, lr, time.perf_counter() - start, seen / train_seconds)
         history.append(stats)
@@ -204,7 +216,8 @@ def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoin
 
 def _train_epoch(model, data, cfg, optimizer, scheduler, scaler, generator, amp, steps) -> tuple[float, float, int]:
     """One pass over a fresh permutation: (mean loss, accuracy, images seen). Loss and hits accumulate on the
-    device and are read once at the end."""
+    device and are read once at the end: no step waits for the device (the fp16 scaler's inf check included, see
+    make_optimizer), so the host queues the next batch while the GPU runs this one."""
     model.train()
     device = data.train_x.device
     order = torch.randperm(len(data.train_y), device=device, generator=generator)

@@ -163,3 +163,16 @@ def test_flip_false_never_mirrors():
 def test_unknown_kind_raises_config_error():
     with pytest.raises(ConfigError, match="autoaugment"):
         augment(_batch(torch.float32), "autoaugment", _gen(0))
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("kind", RANDOM_KINDS)
+def test_a_channels_last_batch_stays_channels_last_with_the_same_values(kind, channels):
+    """The data set is kept channels_last for the model; a batch that came back NCHW would be copied into
+    channels_last again by the first convolution, every step."""
+    x = _batch(torch.float32, c=channels)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    out = augment(nhwc, kind, _gen(3))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, augment(x, kind, _gen(3)))
+    assert augment(x, kind, _gen(3)).is_contiguous()  # and NCHW stays NCHW

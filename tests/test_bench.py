@@ -15,7 +15,7 @@ import torch.nn as nn
 from stn_ablation import bench as bench_module
 from stn_ablation.bench import (FLOP_BATCH, WorkerTrials, run_bench, run_workers, stn_share, training_flops,
                                 trials_per_hour)
-from stn_ablation.device import cpu_has_native_bf16
+from stn_ablation.device import cpu_has_native_bf16, device_model
 from stn_ablation.errors import ConfigError
 from stn_ablation.registry import create_model
 
@@ -120,7 +120,7 @@ def test_each_worker_process_times_whole_trials_for_the_asked_seconds():
     """Two processes each report at least one trial, timed over at least the asked second and within the call."""
     tiny = ("tutorial_cnn", 256, 64)  # a trial of 2 steps and 128 evaluated images: the test is the protocol
     start = time.perf_counter()
-    workers = run_workers(2, 1, 1.0, "standard", 128, CPU, "auto", trial=tiny)
+    workers = run_workers(["cpu", "cpu"], 1, 1.0, "standard", 128, "auto", trial=tiny)
     wall = time.perf_counter() - start
     assert len(workers) == 2
     for w in workers:
@@ -135,3 +135,55 @@ def test_reference_loader_has_the_tutorials_four_workers_up_to_the_cores(monkeyp
     images, labels = torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
     loader = reference.tutorial_loader(images, labels, "none", (0.5,) * 3, (0.5,) * 3, train=True)
     assert loader.num_workers == workers
+
+
+def test_header_names_the_gpu_and_the_precision_and_the_tf32_peak(monkeypatch):
+    """On CUDA the header names the GPU model (on the CPU, its model string) and the precision in use, and says the
+    fp32 peak was measured with the TF32 setting the convolutions use."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    raw = bench_module.synthetic_cifar(8, 8)
+    peaks = {None: (1e12, 4096), torch.bfloat16: (2e12, 4096)}
+    header = bench_module._header(raw, False, "standard", 128, torch.device("cuda:1"), "auto", torch.bfloat16,
+                                  bench_module.Plan.for_seconds(1.0), peaks, None)
+    assert "device cuda:1 (NVIDIA H100 80GB HBM3), precision bf16 (asked: auto)" in header[0]
+    assert "fp32 (TF32, as the convolutions) 1000.0 GFLOP/s" in "\n".join(header)
+    cpu = bench_module._header(raw, False, "standard", 128, CPU, "fp32", None, bench_module.Plan.for_seconds(1.0),
+                               {None: (1e9, 256)}, None)
+    assert f"device cpu ({device_model(CPU)}), precision fp32" in cpu[0] and "TF32" not in "\n".join(cpu)
+
+
+def test_fp32_peak_is_measured_with_the_convolutions_tf32_setting(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench_module, "_matmul_peak",
+                        lambda device, dtype, seconds: seen.append(torch.backends.cuda.matmul.allow_tf32))
+    before = torch.backends.cuda.matmul.allow_tf32
+    for tf32 in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        bench_module.matmul_peak(CPU, None, 0.0)
+    assert seen == [True, False] and torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_gpu_worker_processes_are_labelled_by_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-40GB")
+    label = bench_module._workers_label(["cuda:0", "cuda:1"], 8)
+    assert label == "2 processes on cuda:0, cuda:1 (NVIDIA A100-SXM4-40GB)"
+    assert bench_module._workers_label(["cpu"], 4) == "1 process   x 4 threads"
+
+
+def test_every_evaluation_shape_is_warmed_up_before_the_timed_rounds(small_and_single_threaded, monkeypatch):
+    """The timed evaluation rounds (the last `rounds` calls) meet no batch shape that a warm-up call did not:
+    cuDNN times its kernels for each new shape on CUDA. The last, partial batch included."""
+    calls: list[set[int]] = []
+    rate = bench_module._predict_rate
+
+    def recording(model, x, batch_size, amp):
+        calls.append({min(batch_size, len(x))} | ({len(x) % batch_size} if len(x) % batch_size else set()))
+        return rate(model, x, batch_size, amp)
+
+    monkeypatch.setattr(bench_module, "_predict_rate", recording)
+    monkeypatch.setattr(bench_module, "MIN_EVAL", 100)  # evaluated images not a multiple of the batch
+    bench("tutorial_cnn")
+    rounds = bench_module.Plan.for_seconds(1.0).rounds
+    warm, timed = calls[:-rounds], calls[-rounds:]
+    assert set().union(*timed) <= set().union(*warm), (warm, timed)

@@ -188,3 +188,82 @@ def test_home_that_cannot_be_created(capsys, tmp_path, monkeypatch):
     blocker.write_text("not a folder")
     line = _single_error_line(capsys, cli.main([*TRAIN_ARGS, "--home", str(blocker / "home")]))
     assert str(blocker / "home") in line and "not writable" in line
+
+
+# --- devices: cuda:N, one GPU per worker, --deterministic -----------------------------------------------------------
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """What PyTorch would report on a machine with two CUDA GPUs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_help_lists_the_devices_and_what_cuda_promises(capsys):
+    for command in ("train", "run"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "auto" in out and "cpu" in out and "cuda:N" in out and "mps" in out
+        assert "--deterministic" in out and "bit for bit" in out
+
+
+@pytest.mark.parametrize("device, message", [("cuda:x", "unknown device 'cuda:x'"), ("tpu", "unknown device 'tpu'"),
+                                             ("cuda:2", "sees 2 CUDA GPU(s), cuda:0 to cuda:1")])
+def test_a_bad_device_is_one_line(home, capsys, two_gpus, device, message):
+    line = _single_error_line(capsys, cli.main([*TRAIN_ARGS, "--device", device]))
+    assert message in line
+
+
+class _Workers:
+    """Stands in for subprocess.Popen: records each worker's command line; every worker fails at once."""
+
+    def __init__(self):
+        self.argv: list[list[str]] = []
+
+    def __call__(self, argv, env=None):
+        self.argv.append(argv)
+        return self
+
+    def wait(self):
+        return 1
+
+
+@pytest.mark.parametrize("workers, extra, devices", [
+    ("2", [], ["cuda:0", "cuda:1"]),
+    ("4", ["--share-gpus"], ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]),
+])
+def test_each_worker_process_gets_its_own_gpu(home, capsys, monkeypatch, two_gpus, workers, extra, devices):
+    import subprocess
+
+    started = _Workers()
+    monkeypatch.setattr(subprocess, "Popen", started)
+    code = cli.main(["run", "--study", "baseline_vs_stn", "--workers", workers, "--device", "cuda", *extra])
+    assert "worker exit codes" in _single_error_line(capsys, code)
+    assert [argv[-4:] for argv in started.argv] == [["--workers", "1", "--device", d] for d in devices]
+
+
+def test_more_workers_than_gpus_is_one_line(home, capsys, monkeypatch, two_gpus):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", _Workers())
+    line = _single_error_line(capsys, cli.main(["run", "--study", "baseline_vs_stn", "--workers", "3"]))
+    assert "--workers 3 on 2 visible GPU(s)" in line and "--share-gpus" in line
+
+
+def test_deterministic_reaches_the_trainer(home, capsys, monkeypatch, data_root):
+    from stn_ablation import runner
+    from stn_ablation.train import TrainResult
+
+    runs = []
+
+    def fake_run_tracked(run, data, device, tracker):
+        runs.append(run)
+        return "run-id", TrainResult(run.cfg, "finished", "", [], create_model(run.cfg.variant))
+
+    monkeypatch.setattr(runner, "run_tracked", fake_run_tracked)
+    assert cli.main([*TRAIN_ARGS, "--data-root", str(data_root), "--deterministic"]) == 0
+    assert cli.main([*TRAIN_ARGS, "--data-root", str(data_root)]) == 0
+    assert [run.deterministic for run in runs] == [True, False]

@@ -3,6 +3,7 @@ PyTorch reports."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -145,3 +146,35 @@ def test_bf16_autocast_keeps_the_sampler_in_fp32():
         warped = model.stn(x)
     assert warped.dtype == torch.float32
     assert torch.allclose(warped, x, atol=1e-5)  # identity at initialization, even under bf16 autocast
+
+
+def test_device_model_names_the_gpu_or_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert dev.device_model(torch.device("cuda:1")) == "NVIDIA H100 80GB HBM3"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\nflags\t\t: fpu\n")
+    assert dev.device_model(torch.device("cpu"), cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    assert dev.device_model(torch.device("cpu"), tmp_path / "absent")  # a name of some kind, never empty
+
+
+def test_evaluation_batches_are_larger_only_on_cuda():
+    assert dev.eval_batch_size(torch.device("cpu"), 256) == 256  # CPU results stay bit-identical
+    assert dev.eval_batch_size(torch.device("mps"), 256) == 256
+    assert dev.eval_batch_size(torch.device("cuda:1"), 256) == dev.CUDA_EVAL_BATCH
+    assert dev.eval_batch_size(torch.device("cuda"), 8192) == 8192  # a larger configured batch is kept
+
+
+def test_deterministic_kernels_set_every_switch_and_restore_them(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    with dev.deterministic_kernels(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # grid_sample's CUDA backward has no other
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    with dev.deterministic_kernels(False):
+        assert not torch.are_deterministic_algorithms_enabled() and cudnn.benchmark

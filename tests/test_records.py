@@ -245,3 +245,15 @@ def test_parent_run_carries_the_study_summary(quick):
         name = f"stn_effect_pts/tutorial_stn/{aug}"
         assert metrics[f"{name}/mean"] == pytest.approx(100 * sum(diffs) / 2)
         assert metrics[f"{name}/ci_low"] < metrics[f"{name}/mean"] < metrics[f"{name}/ci_high"]
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_run_records_whether_it_ran_on_deterministic_kernels(small_cifar, tmp_path, shrink, deterministic):
+    data = shrink(small_cifar, 64, 50)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art")
+    cfg = TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=64)
+    run = TrackedRun(cfg, tracker.experiment("det"), key="cell", run_name="r", checkpoint=tmp_path / "c.pt",
+                     robustness=RobustnessConfig(rotate=(0,), scale=(1.0,), translate=(0,), images=20),
+                     deterministic=deterministic)
+    run_id, _ = run_tracked(run, data, CPU, tracker)
+    assert tracker.client.get_run(run_id).data.tags["deterministic"] == str(deterministic).lower()

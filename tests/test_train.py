@@ -368,3 +368,82 @@ def test_digest_is_stable_and_changes_with_every_field():
         assert digest != base.digest(), name
         digests.add(digest)
     assert len(digests) == len(ALTERNATIVES) + 1
+
+
+# --- (h) for a GPU: no per-step host synchronisation, the data's layout, deterministic kernels --------------------
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fp16_steps_do_not_read_the_device(small_cifar, shrink, monkeypatch, optimizer):
+    """Under fp16 the GradScaler skips a step whose gradients overflowed; with a plain optimizer it learns that by
+    `.item()` on the inf flag, a host-device sync every step. The fused optimizer reads the flag on the device: the
+    host reads per epoch (its mean loss and accuracy) do not grow with its steps. CPU fp16 autocast runs the same
+    scaler code as CUDA."""
+    calls: list[int] = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or item(self))
+    counts = []
+    for steps in (2, 5):
+        data = shrink(small_cifar, 32 * steps, 50)
+        cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=32, optimizer=optimizer, aug="standard")
+        calls.clear()
+        result = train(cfg, data, CPU, precision="fp16")
+        assert result.status == "finished" and math.isfinite(result.history[0].train_loss)
+        counts.append(len(calls))
+    assert counts[0] == counts[1], counts
+
+
+def test_only_the_scaled_path_uses_the_fused_optimizer():
+    """fp32 and bf16 keep the for-each kernels, and so their results bit for bit."""
+    model = create_model("tutorial_stn")
+    for optimizer in ("sgd", "adamw"):
+        cfg = TrainConfig(optimizer=optimizer)
+        assert all(g["fused"] for g in make_optimizer(model, cfg, fused=True).param_groups)
+        assert not any(g["fused"] for g in make_optimizer(model, cfg).param_groups)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it there)")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_no_training_step_synchronizes_on_cuda(cifar_raw, precision):
+    """CUDA's sync debug mode warns at every host-device synchronisation: an epoch of 5 steps must warn as often as
+    one of 2 (the epoch's own reads at its end, and evaluation's)."""
+    import warnings
+
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no native bf16")
+    gpu = torch.device("cuda")
+    counts = []
+    for steps in (2, 5):
+        data = prepare(cifar_raw, gpu, val_size=50, subset=64 * steps)
+        cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, aug="standard", subset=64 * steps,
+                          val_size=50)
+        train(cfg, data, gpu, precision=precision)  # warm-up: cuDNN's autotuning syncs, once per shape
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train(cfg, data, gpu, precision=precision)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], counts
+
+
+def test_data_is_kept_in_the_models_layout_with_the_same_results(small_cifar, shrink):
+    """On the CPU the model runs channels_last (device.channels_last), so prepare() stores the images so; the
+    first convolution then copies nothing, and the run is bit-identical to one on NCHW data."""
+    data = shrink(small_cifar, 128, 100)
+    assert data.train_x.is_contiguous(memory_format=torch.channels_last) and not data.train_x.is_contiguous()
+    nchw = dataclasses.replace(data, **{k: getattr(data, k).contiguous() for k in ("train_x", "val_x", "test_x")})
+    cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, aug="standard")
+    assert_same_run(train(cfg, data, CPU), train(cfg, nchw, CPU))
+
+
+def test_deterministic_runs_on_deterministic_kernels_and_restores_them(small_cifar, shrink):
+    data = shrink(small_cifar, 64, 50)
+    seen = []
+    hook = lambda stats, model: seen.append(torch.are_deterministic_algorithms_enabled())  # noqa: E731
+    cfg = TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=64)
+    plain = train(cfg, data, CPU, on_epoch=hook)
+    deterministic = train(cfg, data, CPU, on_epoch=hook, deterministic=True)
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    assert_same_run(plain, deterministic)  # the CPU was deterministic already
