@@ -242,7 +242,7 @@ def test_parent_run_carries_the_study_summary(quick):
     for aug in ("none", "standard"):
         diffs = [children["tutorial_stn", aug, s]["final_test_acc"] - children["tutorial_cnn", aug, s]["final_test_acc"]
                  for s in ("0", "1")]
-        name = f"stn_effect_pts/tutorial_stn/{aug}"
+        name = f"stn_effect_pts/tutorial_stn/affine/{aug}"  # the STN cell names its transform family
         assert metrics[f"{name}/mean"] == pytest.approx(100 * sum(diffs) / 2)
         assert metrics[f"{name}/ci_low"] < metrics[f"{name}/mean"] < metrics[f"{name}/ci_high"]
 
