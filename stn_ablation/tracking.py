@@ -155,12 +155,13 @@ class Tracker:
             for name, value in asdict(stats).items():
                 if name != "epoch" and math.isfinite(value):
                     metrics.append(Metric(_metric_name(name), value, _now_ms(), stats.epoch))
-        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+        for batch in _batches(metrics):
             fault_point("mlflow")
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            self.client.log_batch(run_id, metrics=batch)
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), _now_ms(), step) for k, v in values.items()])
+        for batch in _batches([Metric(k, float(v), _now_ms(), step) for k, v in values.items()]):
+            self.client.log_batch(run_id, metrics=batch)
 
     def log_metrics_once(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
         """Log each metric unless it already has a value at `step`: finishing a run twice (a worker killed after
@@ -168,9 +169,7 @@ class Tracker:
         present = self.client.get_run(run_id).data.metrics
         logged = {k for k in values if k in present
                   and any(m.step == step for m in self.metric_history(run_id, k))}
-        fresh = {k: v for k, v in values.items() if k not in logged}
-        for i in range(0, len(fresh), 1000):  # MLflow's batch limit
-            self.log_metrics(run_id, dict(list(fresh.items())[i:i + 1000]), step)
+        self.log_metrics(run_id, {k: v for k, v in values.items() if k not in logged}, step)
 
     def log_datasets(self, run_id: str, datasets: Iterable[DatasetRecord]) -> None:
         """The data a run read, as MLflow dataset inputs (the run page's "Datasets" column); logged once per run."""
@@ -268,6 +267,12 @@ def _level(logger: logging.Logger, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(previous)
+
+
+def _batches(metrics: list[Metric], size: int = 1000) -> Iterator[list[Metric]]:
+    """`metrics` in slices of MLflow's batch limit."""
+    for i in range(0, len(metrics), size):
+        yield metrics[i:i + size]
 
 
 def _metric_name(field: str) -> str:
