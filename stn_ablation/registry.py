@@ -20,6 +20,12 @@ class Variant:
     description: str
     twin: str | None  # for an STN variant: the variant with the same classifier and no transformer
 
+    @property
+    def has_transformer(self) -> bool:
+        """Only a variant with a transformer names a twin; it alone takes a transform family and a localization
+        rate."""
+        return self.twin is not None
+
 
 class UnknownVariantError(UsageError, KeyError):
     """Raised for a variant name that is not registered; the message lists the registered ones."""

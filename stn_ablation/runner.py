@@ -184,7 +184,7 @@ def _params(cfg: TrainConfig) -> dict:
     """The config as MLflow params; a model without a transformer has no localization-net rate or transform family
     to log."""
     params = cfg.as_dict()
-    if get_variant(cfg.variant).twin is None:
+    if not get_variant(cfg.variant).has_transformer:
         params.pop("loc_lr_mult")
         params.pop("transform")
     return params

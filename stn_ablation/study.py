@@ -276,7 +276,7 @@ def cell_key(cell: dict[str, Any]) -> str:
 def cell_label(cfg: TrainConfig) -> tuple[str, ...]:
     """What names a trial for a reader: variant, its transform family if it has a transformer, augmentation and
     seed (e.g. tutorial_stn, affine, none, s0), as the report names its cells."""
-    transform = (cfg.transform,) if get_variant(cfg.variant).twin else ()
+    transform = (cfg.transform,) if get_variant(cfg.variant).has_transformer else ()
     return (cfg.variant, *transform, cfg.aug, f"s{cfg.seed}")
 
 

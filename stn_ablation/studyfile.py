@@ -91,7 +91,7 @@ def grid_cells(grid: dict[str, tuple[Any, ...]], base: TrainConfig) -> list[dict
     cells = []
     for values in itertools.product(*(grid[a] for a in axes)):
         cell = dict(zip(axes, values))
-        if "transform" in cell and get_variant(cell.get("variant", base.variant)).twin is None:
+        if "transform" in cell and not get_variant(cell.get("variant", base.variant)).has_transformer:
             del cell["transform"]
         if cell not in cells:
             cells.append(cell)

@@ -101,7 +101,7 @@ def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: i
     """Seed, then build: an STN variant and its twin get the same classifier initialization. Only a variant with a
     transformer (one with a twin) takes the config's transform family."""
     torch.manual_seed(cfg.seed)
-    transform = cfg.transform if get_variant(cfg.variant).twin else None
+    transform = cfg.transform if get_variant(cfg.variant).has_transformer else None
     return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes, transform=transform)
 
 
