@@ -92,6 +92,7 @@ class DataSplits:
     name: str  # the dataset, one of SPECS
     source: str  # the folder it was loaded from
     digests: dict[str, str]  # split (train, validation, test) -> sha256 prefix of its uint8 images and labels
+    generation: dict = field(default_factory=dict)  # RawDataset.generation, for the run to log; {} for a plain set
 
     @property
     def official(self) -> bool:
@@ -282,7 +283,7 @@ def prepare(raw: RawDataset, device: torch.device, *, val_size: int = 5000, subs
     return DataSplits(
         *(t for x, y in splits.values() for t in (normalize(x), labels(y))),
         raw.classes, spec.mean, spec.std, spec.mirror_symmetric, raw.provenance, raw.name, raw.source,
-        {name: _digest(x, y) for name, (x, y) in splits.items()})
+        {name: _digest(x, y) for name, (x, y) in splits.items()}, raw.generation)
 
 
 def _digest(x: torch.Tensor, y: torch.Tensor) -> str:

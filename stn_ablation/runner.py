@@ -89,6 +89,7 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
     if on_open:
         on_open(run_id)
     tracker.log_datasets(run_id, dataset_records(data))
+    _log_generation(tracker, run_id, data.generation)
     progress = Progress(run.progress_label or run.run_name, cfg.epochs)
     sampling = contextlib.ExitStack()
     recorder = Recorder(tracker, run_id, run, data, sampling)
@@ -178,6 +179,18 @@ def dataset_records(data: DataSplits) -> list[DatasetRecord]:
     sizes = {"train": len(data.train_y), "validation": len(data.val_y), "test": len(data.test_y)}
     return [DatasetRecord(f"{data.name}-{split}", split, data.digests[split], data.source, rows, data.official)
             for split, rows in sizes.items() if rows]
+
+
+def _log_generation(tracker: Tracker, run_id: str, generation: dict) -> None:
+    """A generated set's record (distorted.generate) as `data/generation.json`, with its version and seed as tags to
+    filter by in MLflow's UI: the dataset's name alone does not say how its images were drawn (the dataset inputs
+    hold the digests of the splits the run read). A plain set has no record and logs nothing; a resumed run logs the
+    same record again, which overwrites the artifact and the tags."""
+    if not generation:
+        return
+    tracker.log_dict(run_id, generation, "data/generation.json")
+    tracker.set_tags(run_id, {"data_generation_version": str(generation["version"]),
+                              "data_generation_seed": str(generation["seed"])})
 
 
 def _params(cfg: TrainConfig) -> dict:

@@ -14,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+import stn_ablation.distorted as distorted
 from stn_ablation.cli import main
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data import prepare
@@ -257,3 +258,38 @@ def test_a_run_records_whether_it_ran_on_deterministic_kernels(small_cifar, tmp_
                      deterministic=deterministic)
     run_id, _ = run_tracked(run, data, CPU, tracker)
     assert tracker.client.get_run(run_id).data.tags["deterministic"] == str(deterministic).lower()
+
+
+def _tiny_run(tracker: Tracker, tmp_path: Path, dataset: str, val_size: int = 5000) -> TrackedRun:
+    """One epoch of the tutorial CNN with one robustness point: the run's record, not its numbers, is under test."""
+    cfg = TrainConfig(variant="tutorial_cnn", dataset=dataset, epochs=1, batch_size=64, val_size=val_size)
+    return TrackedRun(cfg, tracker.experiment(dataset), key="cell", run_name="r", checkpoint=tmp_path / "c.pt",
+                      reuse_finished=True,
+                      robustness=RobustnessConfig(rotate=(0,), scale=(1.0,), translate=(0,), images=20))
+
+
+def test_a_run_on_a_generated_set_logs_its_generation_record_once(data_root, tmp_path):
+    """The artifact reads back as the set's `.generation`; running the same key again (a resumed or
+    re-finished run) overwrites it rather than failing or adding a second copy."""
+    raw = distorted.load("mnist_r", data_root, download=False, seed=7, n=300, cache=tmp_path / "distorted")
+    data = prepare(raw, CPU, val_size=100)
+    assert data.generation == raw.generation and raw.generation["seed"] == 7
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art")
+    run = _tiny_run(tracker, tmp_path, "mnist_r", val_size=100)
+    first, _ = run_tracked(run, data, CPU, tracker)
+    again, _ = run_tracked(run, data, CPU, tracker)
+    assert again == first
+    assert tracker.list_artifacts(first, "data") == ["data/generation.json"]
+    logged = Path(tracker.download_artifact(first, "data/generation.json", str(tmp_path)))
+    assert json.loads(logged.read_text()) == raw.generation
+    tags = tracker.client.get_run(first).data.tags
+    assert tags["data_generation_version"] == str(distorted.VERSION) and tags["data_generation_seed"] == "7"
+
+
+def test_a_run_on_a_plain_set_logs_no_generation_record(small_cifar, tmp_path, shrink):
+    data = shrink(small_cifar, 64, 50)
+    assert data.generation == {}
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art")
+    run_id, _ = run_tracked(_tiny_run(tracker, tmp_path, "cifar10"), data, CPU, tracker)
+    assert "config.json" in tracker.list_artifacts(run_id) and "data" not in tracker.list_artifacts(run_id)
+    assert not [tag for tag in tracker.client.get_run(run_id).data.tags if tag.startswith("data_generation")]
