@@ -20,9 +20,9 @@ REFERENCE_AUGMENTATIONS = AUGMENTATIONS[:2]  # what bench's tutorial-style refer
 # choices import nothing heavy
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# the fields a study's grid may vary, in the order of its cells and report; a variant without a transformer takes
-# no transform (studyfile.StudySpec.cells)
-GRID_AXES = ("variant", "transform", "aug", "seed")
+# the fields a study's grid may vary, in the order of its cells and report (the dataset slowest: a study run in
+# pieces finishes whole datasets first); a variant without a transformer takes no transform (studyfile.grid_cells)
+GRID_AXES = ("dataset", "variant", "transform", "aug", "seed")
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ class Panel:
 
 # -- from a study to files -----------------------------------------------------------------------------------------
 
-def draw(study: Study, out: Path) -> dict[str, str]:
-    """The study's figures in `out`, as {file name: caption}; finished runs only (a tuning study: every trial)."""
+def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
+    """The study's figures in `out`, as {file name: caption}; finished runs only (a tuning study: every trial).
+    `tag` ends each file's name: one dataset's figures of a study over several (`_mnist_r`)."""
     if study.phase == "tune":
         return _trials(study, out)
     cells = study.cells()
@@ -63,20 +64,35 @@ def draw(study: Study, out: Path) -> dict[str, str]:
               for key, title in (("val_acc", "validation"), ("test_acc", "test"))
               if any(r.history.get(key) for _, runs in cells for r in runs)]
     if panels:
-        line_panels(panels, out / "fig_curves.png")
-        drawn["fig_curves.png"] = (f"Accuracy by epoch: mean over seeds, band = {LEVEL:.0%} Student-t CI (where "
+        line_panels(panels, out / f"fig_curves{tag}.png")
+        drawn[f"fig_curves{tag}.png"] = (f"Accuracy by epoch: mean over seeds, band = {LEVEL:.0%} Student-t CI (where "
                                    "n >= 2). Colour: variant; line style: augmentation (solid none, dashed "
                                    "standard, dotted affine).")
     point_plot([(v, a, [r.metrics["final_test_acc"] for r in runs]) for (v, a), runs in cells],
-               out / "fig_final.png", palette(study.augs))
-    drawn["fig_final.png"] = (f"Final test accuracy: mean and {LEVEL:.0%} Student-t CI per variant and "
+               out / f"fig_final{tag}.png", palette(study.augs))
+    drawn[f"fig_final{tag}.png"] = (f"Final test accuracy: mean and {LEVEL:.0%} Student-t CI per variant and "
                               "augmentation; small dots are single seeds.")
     if any(k.startswith("robust/") for _, runs in cells for r in runs for k in r.metrics):
         line_panels([Panel(kind, SWEEP_AXES[kind], lines(lambda r, kind=kind: robust_points(r.metrics, kind)),
-                           ylabel="test accuracy (%)") for kind in SWEEP_KINDS], out / "fig_robustness.png")
-        drawn["fig_robustness.png"] = (f"Test accuracy under distortion: mean over seeds, band = {LEVEL:.0%} "
+                           ylabel="test accuracy (%)") for kind in SWEEP_KINDS], out / f"fig_robustness{tag}.png")
+        drawn[f"fig_robustness{tag}.png"] = (f"Test accuracy under distortion: mean over seeds, band = {LEVEL:.0%} "
                                        "Student-t CI. Zero distortion (scale 1) is the clean test subset.")
     return drawn
+
+
+def draw_datasets(study: Study, out: Path, names: dict[str, str]) -> dict[str, str]:
+    """For a study over several datasets: every model's test error on each, side by side (`names`: how to call
+    each dataset)."""
+    cells = [(d, model, aug, runs) for d, part in study.per_dataset() for (model, aug), runs in part.cells()]
+    several_augs = len({aug for _, _, aug, _ in cells}) > 1
+    groups = [(names.get(d, d), f"{model} / {aug}" if several_augs else model,
+               [1 - r.metrics["final_test_acc"] for r in runs]) for d, model, aug, runs in cells]
+    if not groups:
+        return {}
+    point_plot(groups, out / "fig_datasets.png", palette(list(dict.fromkeys(h for _, h, _ in groups))),
+               ylabel="test error (%)", legend="model")
+    return {"fig_datasets.png": f"Test error per dataset and model: mean and {LEVEL:.0%} Student-t CI; small dots "
+                                "are single seeds."}
 
 
 def robust_points(metrics: dict[str, float], kind: str) -> dict[float, float]:
@@ -98,9 +114,9 @@ def _trials(study: Study, out: Path) -> dict[str, str]:
                               "drawn thick; dotted: trials that did not finish (pruned, diverged, failed)."}
 
 
-def copy_stn_grids(tracker, study: Study, out: Path) -> dict[str, str]:
+def copy_stn_grids(tracker, study: Study, out: Path, tag: str = "") -> dict[str, str]:
     """The last-epoch before/after picture of one run per STN variant x augmentation (its lowest seed, or the
-    best trial of a tuning study), copied from MLflow into `out`, as {file name: caption}."""
+    best trial of a tuning study), copied from MLflow into `out`, as {file name: caption}; `tag` as in `draw`."""
     pictures = {}
     for (variant, aug), runs in study.cells():
         if not runs[0].stn:
@@ -109,7 +125,7 @@ def copy_stn_grids(tracker, study: Study, out: Path) -> dict[str, str]:
         names = sorted(path for path in tracker.list_artifacts(run.id, "stn") if path.endswith(".png"))
         if not names:
             continue
-        target = f"stn_{variant.replace('/', '_')}_{aug}_s{run.seed}.png"
+        target = f"stn_{variant.replace('/', '_')}_{aug}_s{run.seed}{tag}.png"
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copyfile(tracker.download_artifact(run.id, names[-1], tmp), out / target)
         epoch = int("".join(c for c in Path(names[-1]).stem if c.isdigit()) or 0)
@@ -156,7 +172,8 @@ def line_panels(panels: Sequence[Panel], path: Path) -> Path:
         return _save(fig, path)
 
 
-def point_plot(groups: Sequence[tuple[str, str, Sequence[float]]], path: Path, colors: dict[str, str]) -> Path:
+def point_plot(groups: Sequence[tuple[str, str, Sequence[float]]], path: Path, colors: dict[str, str],
+               ylabel: str = "final test accuracy (%)", legend: str = "augmentation") -> Path:
     """One point per (category, hue) with its interval, and each value as a small dot beside it.
 
     `groups` holds (category on the x axis, hue, values on [0, 1]) in drawing order."""
@@ -176,8 +193,8 @@ def point_plot(groups: Sequence[tuple[str, str, Sequence[float]]], path: Path, c
         ax.set_xticks(range(len(categories)), categories)
         ax.set_xlim(-0.6, len(categories) - 0.4)
         ax.grid(False, axis="x")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.legend(title="augmentation", fontsize=8, title_fontsize=8, frameon=False, loc="center left",
+        ax.set_ylabel(ylabel)
+        ax.legend(title=legend, fontsize=8, title_fontsize=8, frameon=False, loc="center left",
                   bbox_to_anchor=(1.0, 0.5))
         return _save(fig, path)
 

@@ -9,20 +9,21 @@ line."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from stn_ablation.errors import UsageError
-from stn_ablation.report_tables import (Table, best_config_table, best_trial_sentence, comparisons, effect_sentence,
-                                        effects_table, issues_table, main_table, objective, robustness_table,
-                                        theta_sentence, theta_table, trials_table)
+from stn_ablation.report_tables import (DATASET_NAMES, Table, best_config_table, best_trial_sentence, comparisons,
+                                        effect_sentence, effects_table, error_table, issues_table, main_table,
+                                        objective, published_claim_sentence, robustness_table, sign_sentences,
+                                        theta_sentence, theta_table, transformer_effects_table, trials_table)
 from stn_ablation.results import Study, load_study
 from stn_ablation.stats import ALPHA, UNDERPOWERED
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("md", "latex", "csv")
-DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 GENERATED = ("README.md", "tables.tex", "fig_*.png", "stn_*.png", "table_*.csv")  # what a re-run may replace
 
 
@@ -45,9 +46,14 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
     for pattern in GENERATED:  # an earlier report's files, which this one may not write again
         for old in out.glob(pattern):
             old.unlink()
-    pictures = {**figures.copy_stn_grids(tracker, loaded, out), **figures.draw(loaded, out)}
+    parts = loaded.per_dataset()
+    tags = {d: f"_{d}" if len(parts) > 1 else "" for d, _ in parts}
+    pictures = {d: {**figures.copy_stn_grids(tracker, part, out, tags[d]), **figures.draw(part, out, tags[d])}
+                for d, part in parts}
+    if len(parts) > 1 and loaded.phase == "grid":
+        pictures[ACROSS] = figures.draw_datasets(loaded, out, DATASET_NAMES)
     text, tables = render(loaded, fmt, pictures)
-    written = [out / "README.md", *(out / name for name in pictures)]
+    written = [out / "README.md", *(out / name for drawn in pictures.values() for name in drawn)]
     written[0].write_text(text, encoding="utf-8")
     if fmt == "latex":
         written.append(out / "tables.tex")
@@ -61,21 +67,60 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
     return written[0]
 
 
-def render(study: Study, fmt: str, pictures: dict[str, str]) -> tuple[str, list[Table]]:
-    """The README's markdown and the tables in it. `pictures`: {file name: caption} of the files beside it."""
+ACROSS = ""  # the pictures key of the figures that span a study's datasets
+
+
+def render(study: Study, fmt: str, pictures: dict[str, dict[str, str]]) -> tuple[str, list[Table]]:
+    """The README's markdown and the tables in it. `pictures`: per dataset (ACROSS for the figures that span
+    them), {file name: caption} of the files beside it. A study over several datasets gets a section across them,
+    then one section per dataset with the tables of a one-dataset study; a comparison never pools two datasets."""
     tables: list[Table] = []
     md = _header(study, fmt)
+    parts = study.per_dataset()
+    found = comparisons(study) if study.phase == "grid" else []
 
-    def add(table: Table | None, note: str = "") -> None:
-        if table is not None:
+    def adder(dataset: str | None):
+        """Adds a table under the section being written; one dataset's of several is named and titled for it."""
+        def add(table: Table | None, note: str = "") -> None:
+            if table is None:
+                return
+            if dataset is not None:
+                table = dataclasses.replace(table, name=f"{table.name}_{dataset}",
+                                            title=f"{table.title}, {DATASET_NAMES.get(dataset, dataset)}")
             tables.append(table)
             md.extend([f"**{table.title}.**" + (f" {note}" if note else ""), "", _markdown(table), ""])
+        return add
 
-    def show(prefix: str) -> None:
-        md.extend(f"![{caption}]({name})\n\n*{caption}*\n" for name, caption in pictures.items()
-                  if name.startswith(prefix))
+    def shower(dataset: str):
+        def show(prefix: str) -> None:
+            md.extend(f"![{caption}]({name})\n\n*{caption}*\n" for name, caption in pictures.get(dataset, {}).items()
+                      if name.startswith(prefix))
+        return show
 
     md += ["## What a spatial transformer does", "", EXPLAINER, ""]
+    if len(parts) == 1 or study.phase == "tune":
+        add, show = adder(None), shower(parts[0][0])
+        _transformer(study, md, add, show)
+        if study.phase == "tune":
+            _tuning(study, md, add)
+            show("fig_trials")
+        else:
+            _grid(study, found, md, add, show)
+    else:
+        _across(study, found, md, adder(None), shower(ACROSS))
+        for dataset, part in parts:
+            add, show = adder(dataset), shower(dataset)
+            md += [f"## {DATASET_NAMES.get(dataset, dataset)} (`{dataset}`)", "", "### What the transformer did", ""]
+            _transformer(part, md, add, show)
+            _grid(part, found, md, add, show, dataset)
+    md += ["## Runs", "", "Every child run of this study version, with its full MLflow run id.", "",
+           _markdown(Table("", "", ["run", "run id", "name", "trial", "status"],
+                           [[r.short, r.id, r.name, str(r.trial), r.status] for r in study.runs], [])), ""]
+    return "\n".join(md).rstrip() + "\n", tables
+
+
+def _transformer(study: Study, md: list[str], add: Callable, show: Callable) -> None:
+    """What the study's transformers learned: the transform table in each family's terms, and the pictures."""
     if not any(runs[0].stn for _, runs in study.cells()):
         md += ["No variant of this study with finished runs has a spatial transformer.", ""]
     elif (theta := theta_table(study)) is None:
@@ -86,15 +131,20 @@ def render(study: Study, fmt: str, pictures: dict[str, str]) -> tuple[str, list[
                    "from the identity transform.")
         md += [f"- {theta_sentence(row, _dataset(study))}" for row in theta.data] + [""]
     show("stn_")
-    if study.phase == "tune":
-        _tuning(study, md, add)
-        show("fig_trials")
-    else:
-        _grid(study, md, add, show)
-    md += ["## Runs", "", "Every child run of this study version, with its full MLflow run id.", "",
-           _markdown(Table("", "", ["run", "run id", "name", "trial", "status"],
-                           [[r.short, r.id, r.name, str(r.trial), r.status] for r in study.runs], [])), ""]
-    return "\n".join(md).rstrip() + "\n", tables
+
+
+def _across(study: Study, found: list, md: list[str], add: Callable, show: Callable) -> None:
+    """The view across datasets: each model's error on each (beside a paper's where it states one) and the
+    transformer's effect per dataset; the sections after it hold each dataset's own tables."""
+    md += ["## Across datasets", "", "Each dataset is its own experiment: the same models, recipe and seeds, trained "
+           "and tested on that dataset. Errors are 100 minus the final test accuracy.", ""]
+    add(error_table(study))
+    show("fig_datasets")
+    if any(c.of_transformer for c in found):
+        add(transformer_effects_table(found, study), "Ours vs paper: agrees = same sign and significant; a "
+            "same-sign row that is not significant neither confirms nor refutes the paper.")
+        claim = published_claim_sentence(found)
+        md += ([claim, ""] if claim else []) + [f"- {s}" for s in sign_sentences(found, study)] + [""]
 
 
 EXPLAINER = (
@@ -109,8 +159,13 @@ EXPLAINER = (
     "near the identity. A scale below 1 means the transformer zooms in. Here is what this study's transformers did.")
 
 
-def _grid(study: Study, md: list[str], add: Callable, show: Callable) -> None:
-    md += ["## Final test accuracy", ""]
+def _grid(study: Study, found: list, md: list[str], add: Callable, show: Callable, dataset: str | None = None
+          ) -> None:
+    """A grid study's results: accuracy, what is not counted, the effects `found` (the report's comparisons, Holm
+    corrected together) and robustness; with `dataset`, one dataset's of a study over several, a level deeper."""
+    level = "##" if dataset is None else "###"
+    found_here = [c for c in found if dataset is None or c.dataset == dataset]
+    md += [f"{level} Final test accuracy", ""]
     if study.counted:
         validated = any(r.history.get("val_acc") for r in study.runs)
         add(main_table(study), "Test accuracy after the last epoch; best epoch is by "
@@ -121,21 +176,20 @@ def _grid(study: Study, md: list[str], add: Callable, show: Callable) -> None:
     else:
         md += ["No run has finished yet.", ""]
     issues = issues_table(study)
-    md += ["## Runs not counted", ""]
+    md += [f"{level} Runs not counted", ""]
     if issues.rows:
         add(issues, "Missing cells, and runs that failed, diverged, were pruned or are still running.")
     else:
         md += [f"All {len(study.expected_cells())} expected grid cells finished; none failed, diverged or was "
                "pruned.", ""]
-    found = comparisons(study)
-    md += ["## Ablation effects", ""]
-    if found:
-        add(effects_table(found), f"Significant: Holm-corrected p < {ALPHA}. Underpowered: fewer than "
-                                  f"{UNDERPOWERED} paired seeds.")
-        md += [f"- {effect_sentence(c)}" for c in found] + [""]
+    md += [f"{level} Ablation effects", ""]
+    if found_here:
+        add(effects_table(found, dataset),
+            f"Significant: Holm-corrected p < {ALPHA}. Underpowered: fewer than {UNDERPOWERED} paired seeds.")
+        md += [f"- {effect_sentence(c)}" for c in found_here] + [""]
     else:
         md += ["No two cells to compare (an STN and its twin, or an augmentation and none, with finished runs).", ""]
-    md += ["## Robustness", ""]
+    md += [f"{level} Robustness", ""]
     robust = robustness_table(study)
     if robust is None:
         md += ["These runs logged no robustness sweeps (`robust/*` metrics).", ""]
@@ -166,12 +220,10 @@ def _header(study: Study, fmt: str) -> list[str]:
     ends = [e for e in [study.parent_end] + [r.end for r in runs] if e]
     date = (datetime.fromtimestamp(max(ends) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             + " (end of the newest run)") if ends else "no run has ended yet"
-    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official"} if runs else set())
-    dataset = DATASET_NAMES.get(_dataset(study), _dataset(study))
-    data_line = (f"**not the official {dataset} release** ({'; '.join(unofficial)}): accuracies may not compare with "
-                 "published ones" if unofficial else f"the official {dataset} release (md5-checked)" if runs else "—")
+    data_line = _data_line(study)
     shape = (" x ".join(f"{len(study.grid[a])} {a}{'s' * (len(study.grid[a]) != 1)}" for a in study.grid)
-             + f" = {len(study.expected_cells())} grid cells") if study.phase == "grid" else \
+             + f" = {sum(len(part.expected_cells()) for _, part in study.per_dataset())} grid cells") \
+        if study.phase == "grid" else \
         f"tuning, {study.parent_params.get('n_trials', '?')} trials, sampler {study.parent_params.get('sampler', '?')}"
     commits = _counter((t.get("git_commit", "unknown"), t.get("git_dirty", "unknown")) for t in everything)
     git = [f"`{c}`{' with **uncommitted changes**' if d == 'true' else ''} ({_runs(n)})" for (c, d), n in commits]
@@ -195,6 +247,25 @@ def _header(study: Study, fmt: str) -> list[str]:
         md += [f"Older versions of this study (its file or overrides changed) exist in the same experiment and are "
                f"not reported: parent runs {', '.join(f'`{i[:8]}` (version {d})' for i, d in study.older)}.", ""]
     return md
+
+
+def _data_line(study: Study) -> str:
+    """Which data the runs read: the release, or for a generated set (distorted.py) its version and seed and the
+    release it was generated from; any copy that is not the official release is named, with its consequence."""
+    runs = study.runs
+    if not runs:
+        return "—"
+    names = ", ".join(DATASET_NAMES.get(d, d) for d in study.datasets)
+    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official"})
+    generated = sorted({(r.tags["data_generation_version"], r.tags.get("data_generation_seed", "?")) for r in runs
+                        if "data_generation_version" in r.tags})
+    release = (f"**not the official release** ({'; '.join(unofficial)}): accuracies may not compare with published "
+               "ones" if unofficial else "the official release (md5-checked)")
+    if not generated:
+        return f"{names}: {release}"
+    how = "; ".join(f"version {v}, seed {s}" for v, s in generated)
+    return (f"{names}, generated by `stn_ablation/distorted.py` ({how}; each run's `data/generation.json` holds the "
+            f"full record) from {release}")
 
 
 def _dataset(study: Study) -> str:

@@ -7,14 +7,18 @@ here touches MLflow, the clock or the file system, so the same study always give
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from stn_ablation.config import SWEEP_KINDS
+from stn_ablation.published import PUBLISHED_ERROR, STN_PAPER
 from stn_ablation.results import Run, Study
 from stn_ablation.stats import ALPHA, LEVEL, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci, paired_t
 
+DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "mnist_r": "MNIST R", "mnist_rts": "MNIST RTS",
+                 "mnist_p": "MNIST P", "mnist_e": "MNIST E", "cifar10_rts": "CIFAR-10 RTS"}
 AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rotate/zoom/shift+flip"}
 # the `theta/*` statistics of every transform family (transforms.Family.describe), in table order; a table shows
 # those its rows have: scale to shear for affine and its subsets and projective, px and py for projective's
@@ -40,7 +44,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Treatment cell `a` minus control cell `b` (each (variant, aug)) on final test accuracy, paired by seed."""
+    """Treatment cell `a` minus control cell `b` (each (variant, aug)) on final test accuracy, paired by seed, on
+    one dataset."""
 
     label: str
     setting: str
@@ -49,6 +54,12 @@ class Comparison:
     seeds: list[int]
     test: PairedTest
     holm_p: float | None = None
+    dataset: str = ""
+
+    @property
+    def of_transformer(self) -> bool:
+        """An STN against its twin (rather than an augmentation against none)."""
+        return self.a[0] != self.b[0]
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
@@ -94,44 +105,144 @@ def issues_table(study: Study) -> Table:
 
 
 def comparisons(study: Study) -> list[Comparison]:
-    """Each STN (each of its transforms) vs its no-STN twin (same augmentation), then each augmentation vs none
-    (same model), paired by seed, with Holm's correction across all of them."""
-    cells = dict(study.cells())
+    """On each dataset: each STN (each of its transforms) vs its no-STN twin (same augmentation), then each
+    augmentation vs none (same model), paired by seed; Holm's correction across all of them."""
     found: list[Comparison] = []
+    for dataset, part in study.per_dataset():
+        cells = dict(part.cells())
 
-    def pair(label: str, setting: str, a: tuple[str, str], b: tuple[str, str]) -> None:
-        if a in cells and b in cells:
-            acc_a, acc_b = ({r.seed: r.metrics["final_test_acc"] for r in cells[c]} for c in (a, b))
-            seeds = sorted(set(acc_a) & set(acc_b))
-            found.append(Comparison(label, setting, a, b, seeds,
-                                    paired_t([acc_a[s] for s in seeds], [acc_b[s] for s in seeds])))
+        def pair(label: str, setting: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+            if a in cells and b in cells:
+                acc_a, acc_b = ({r.seed: r.metrics["final_test_acc"] for r in cells[c]} for c in (a, b))
+                seeds = sorted(set(acc_a) & set(acc_b))
+                found.append(Comparison(label, setting, a, b, seeds,
+                                        paired_t([acc_a[s] for s in seeds], [acc_b[s] for s in seeds]),
+                                        dataset=dataset))
 
-    for model in study.models:
-        twin = next((r.tags.get("twin") for r in study.runs if r.model == model and r.stn), None)
-        for aug in study.augs if twin else ():
-            pair(f"{model} − {twin}", f"aug {aug}", (model, aug), (twin, aug))
-    for model in study.models:
-        for aug in study.augs:
-            if aug != "none":
-                pair(f"{aug} − none", model, (model, aug), (model, "none"))
+        for model in part.models:
+            twin = next((r.tags.get("twin") for r in part.runs if r.model == model and r.stn), None)
+            for aug in part.augs if twin else ():
+                pair(f"{model} − {twin}", f"aug {aug}", (model, aug), (twin, aug))
+        for model in part.models:
+            for aug in part.augs:
+                if aug != "none":
+                    pair(f"{aug} − none", model, (model, aug), (model, "none"))
     adjusted = holm([c.test.p_value for c in found])
-    return [Comparison(c.label, c.setting, c.a, c.b, c.seeds, c.test, p) for c, p in zip(found, adjusted)]
+    return [dataclasses.replace(c, holm_p=p) for c, p in zip(found, adjusted)]
 
 
-def effects_table(found: list[Comparison]) -> Table:
-    """One row per comparison: the paired difference, its interval, raw and Holm p, and a verdict."""
+def effects_table(found: list[Comparison], dataset: str | None = None) -> Table:
+    """One row per comparison (those on `dataset` when given): the paired difference, its interval, raw and Holm
+    p, and a verdict. The title counts the tests of the whole report, the family Holm corrected across."""
     rows, data = [], []
     for c in found:
+        if dataset is not None and c.dataset != dataset:
+            continue
         d = c.test.diff
         rows.append([c.label, c.setting, str(c.test.n), _num(_x100(d.mean), "+.2f"),
                      "—" if d.half_width is None else f"{100 * d.low:+.2f} to {100 * d.high:+.2f}",
                      _p(c.test.p_value), _p(c.holm_p), _verdict(c)])
-        data.append({"comparison": c.label, "setting": c.setting, "n": c.test.n, "seeds": " ".join(map(str, c.seeds)),
-                     "diff_mean": d.mean, "diff_ci_half_width": d.half_width, "p_value": c.test.p_value,
-                     "holm_p_value": c.holm_p})
+        data.append({"comparison": c.label, "setting": c.setting, "dataset": c.dataset, "n": c.test.n,
+                     "seeds": " ".join(map(str, c.seeds)), "diff_mean": d.mean, "diff_ci_half_width": d.half_width,
+                     "p_value": c.test.p_value, "holm_p_value": c.holm_p})
     return Table("table_effects", "Ablation effects on final test accuracy (percentage points, paired by seed; "
                  f"Holm-corrected across the {sum(c.test.tested for c in found)} tests of this report)",
                  ["comparison", "same", "n", "difference", f"{LEVEL:.0%} CI", "p", "Holm p", "verdict"], rows, data)
+
+
+def error_table(study: Study) -> Table:
+    """Per model x augmentation, the test error on each dataset of a study whose grid varies it (mean and interval
+    over seeds), with the published error beside ours wherever a paper states one for that model and dataset
+    (published.py; the paper trained without augmentation, so only the aug-none rows get one)."""
+    parts = study.per_dataset()
+    cited = {d for d, _ in parts if any(key[0] == d for key in PUBLISHED_ERROR)}
+    headers = ["variant", "aug"]
+    for d, _ in parts:
+        headers += [DATASET_NAMES.get(d, d)] + ([f"{DATASET_NAMES.get(d, d)}, paper"] if d in cited else [])
+    rows, data = [], []
+    for model in study.models:
+        for aug in study.augs:
+            cells = {d: dict(part.cells()).get((model, aug), []) for d, part in parts}
+            if not any(cells.values()):
+                continue
+            row, item = [model, aug], {"variant": model, "aug": aug}
+            for d, _ in parts:
+                est = mean_ci([1 - r.metrics["final_test_acc"] for r in cells[d]])
+                row.append(_num(_x100(est.mean) if est.n else None, ".2f")
+                           + (f" ± {100 * est.half_width:.2f}" if est.half_width is not None else ""))
+                item.update({f"{d}_n": est.n, f"{d}_error_mean": est.mean if est.n else None,
+                             f"{d}_error_ci_half_width": est.half_width})
+                if d in cited:
+                    published = PUBLISHED_ERROR.get((d, model)) if aug == "none" else None
+                    row.append(_num(published, ".1f"))
+                    item[f"{d}_published_error"] = published
+            rows.append(row)
+            data.append(item)
+    return Table("table_error", f"Test error per dataset (%, mean ± {LEVEL:.0%} Student-t half-width over seeds)"
+                 + (f"; paper: {STN_PAPER}" if cited else ""), headers, rows, data)
+
+
+def transformer_effects_table(found: list[Comparison], study: Study) -> Table:
+    """Each transformer against its twin on each dataset, in points of test error (the unit of the STN paper's
+    table: negative = the transformer lowers the error), with the published difference where a paper states both
+    errors, and whether ours agrees with it. Holm p is the report's, as in each dataset's effects table."""
+    order = {d: i for i, d in enumerate(study.datasets)}
+    labels = list(dict.fromkeys((c.label, c.setting) for c in found if c.of_transformer))
+    ranked = sorted((c for c in found if c.of_transformer),
+                    key=lambda c: (labels.index((c.label, c.setting)), order.get(c.dataset, len(order))))
+    rows, data = [], []
+    for c in ranked:
+        d, published = c.test.diff, _published_difference(c)
+        ours = -100 * d.mean if c.test.n else None
+        rows.append([c.label, c.setting, DATASET_NAMES.get(c.dataset, c.dataset), str(c.test.n),
+                     _num(ours, "+.2f"),
+                     "—" if d.half_width is None else f"{-100 * d.high:+.2f} to {-100 * d.low:+.2f}",
+                     _p(c.holm_p), _num(published, "+.1f"), _agreement(c, published)])
+        data.append({"comparison": c.label, "setting": c.setting, "dataset": c.dataset, "n": c.test.n,
+                     "error_diff_points": ours, "error_diff_ci_half_width": _x100(d.half_width),
+                     "holm_p_value": c.holm_p, "published_error_diff_points": published})
+    return Table("table_transformer_by_dataset", "The transformer's effect on each dataset (test error, "
+                 f"transformer minus twin, in points, paired by seed; {LEVEL:.0%} CI; negative = fewer errors)",
+                 ["comparison", "same", "dataset", "n", "error difference", f"{LEVEL:.0%} CI", "Holm p",
+                  "paper", "ours vs paper"], rows, data)
+
+
+def published_claim_sentence(found: list[Comparison]) -> str | None:
+    """How often ours has the published sign (the STN paper: every ST-CNN below its CNN on every distortion), and
+    how often significantly; None where no comparison has a published difference."""
+    cited = [(c, p) for c in found if c.of_transformer and (p := _published_difference(c)) is not None and p != 0]
+    if not cited:
+        return None
+    same = [c for c, p in cited if c.test.n and (c.test.diff.mean < 0) == (p > 0)]
+    agree = [c for c in same if c.test.tested and c.holm_p < ALPHA]
+    against = [c for c, p in cited if c not in same and c.test.tested and c.holm_p < ALPHA]
+    n = max(c.test.n for c, _ in cited)
+    text = (f"Of the {len(cited)} transformer-vs-twin comparisons the paper also reports, ours has the paper's "
+            f"sign in {len(same)}, significantly (Holm p < {ALPHA}) in {len(agree)}; {len(against)} "
+            f"significantly contradict{'s' * (len(against) == 1)} it.")
+    if n < UNDERPOWERED:
+        text += (f" With {n} seeds per cell (fewer than {UNDERPOWERED}) a difference of a few tenths of a point "
+                 "is rarely significant: a same-sign, not significant row is not evidence against the paper.")
+    return text
+
+
+def sign_sentences(found: list[Comparison], study: Study) -> list[str]:
+    """For each transformer comparison run on more than one dataset: its error difference on each, and whether
+    the sign changes between them (the question a clean-vs-distorted study asks)."""
+    sentences = []
+    for label, setting in dict.fromkeys((c.label, c.setting) for c in found if c.of_transformer):
+        on = [c for d in study.datasets for c in found
+              if (c.label, c.setting, c.dataset) == (label, setting, d) and c.test.n]
+        if len(on) < 2:
+            continue
+        signs = {c.test.diff.mean > 0 for c in on if c.test.tested and c.holm_p < ALPHA}
+        each = ", ".join(f"{-100 * c.test.diff.mean:+.2f} on {DATASET_NAMES.get(c.dataset, c.dataset)}"
+                         + (" (significant)" if c.test.tested and c.holm_p < ALPHA else "") for c in on)
+        verdict = ("the sign changes, significantly on both sides" if len(signs) == 2 else
+                   "the point estimates change sign" if len({c.test.diff.mean > 0 for c in on}) == 2 else
+                   "the sign is the same on every dataset")
+        sentences.append(f"**{label}, {setting}**: error difference in points {each}: {verdict}.")
+    return sentences
 
 
 def theta_table(study: Study) -> Table | None:
@@ -207,6 +318,26 @@ def _mean(runs: list[Run], key: str) -> float | None:
 
 
 # -- words ---------------------------------------------------------------------------------------------------------
+
+def _published_difference(c: Comparison) -> float | None:
+    """The paper's error of `c.a` minus that of `c.b` on `c.dataset`, in points; None unless it states both (and the
+    comparison is without augmentation, as the paper trained)."""
+    a, b = (PUBLISHED_ERROR.get((c.dataset, cell[0])) for cell in (c.a, c.b))
+    return None if a is None or b is None or c.a[1] != "none" else round(a - b, 6)
+
+
+def _agreement(c: Comparison, published: float | None) -> str:
+    if published is None:
+        return "—"
+    if not c.test.tested:
+        return "no test"
+    same = (c.test.diff.mean < 0) == (published > 0) if published != 0 else None
+    significant = c.holm_p < ALPHA
+    if same is None:
+        return "paper: no difference" + (", ours differs" if significant else "")
+    return {(True, True): "agrees", (True, False): "same sign, not significant",
+            (False, True): "contradicts", (False, False): "opposite sign, not significant"}[same, significant]
+
 
 def _verdict(c: Comparison) -> str:
     if not c.test.tested:

@@ -5,6 +5,7 @@ study without importing the report or each other."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,6 +22,7 @@ class Run:
 
     id: str
     name: str
+    dataset: str
     variant: str
     transform: str  # the transformer's family; "" for a variant without a transformer
     aug: str
@@ -60,14 +62,33 @@ class Study:
     parent_tags: dict[str, str]
     parent_params: dict[str, str]
     parent_end: int | None
-    runs: list[Run]  # every child, sorted by model, augmentation, seed, trial
+    runs: list[Run]  # every child, sorted by dataset, model, augmentation, seed, trial
     older: list[tuple[str, str]]  # (run id, study digest) of older versions' parent runs
     models: list[str]  # Run.model labels: the study file's order of variants and transforms, then any other seen
     augs: list[str]
     grid: dict[str, list[str]]  # axis -> values, from the parent's grid.* params
     phase: str  # "grid" or "tune"
-    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (model, aug) -> finished runs
+    counted: dict[tuple[str, str], list[Run]] = field(default_factory=dict)  # (model, aug) -> finished runs, of
+    # every dataset: a study over several is read through per_dataset
     superseded: list[Run] = field(default_factory=list)  # finished runs of a grid cell that has a newer one
+
+    @property
+    def datasets(self) -> list[str]:
+        """The datasets of its runs, in the grid's order (one for a study without a dataset axis)."""
+        base = self.parent_params.get("base.dataset", "cifar10")
+        return _ordered({r.dataset for r in self.runs}, self.grid.get("dataset", [base]))
+
+    def per_dataset(self) -> list[tuple[str, Study]]:
+        """(dataset, the study restricted to it) for each dataset: the report's tables, pairings and pictures are
+        per dataset, as a comparison never pools images of different kinds. A study with one dataset is itself."""
+        if len(self.datasets) == 1:
+            return [(self.datasets[0], self)]
+        grid = {a: v for a, v in self.grid.items() if a != "dataset"}
+        return [(d, dataclasses.replace(
+            self, parent_params={**self.parent_params, "base.dataset": d}, grid=grid,
+            runs=[r for r in self.runs if r.dataset == d],
+            counted={c: kept for c, runs in self.counted.items() if (kept := [r for r in runs if r.dataset == d])},
+            superseded=[r for r in self.superseded if r.dataset == d])) for d in self.datasets]
 
     def cells(self) -> list[tuple[tuple[str, str], list[Run]]]:
         """((model, aug), finished runs by seed) for every cell with at least one, in report order."""
@@ -115,7 +136,9 @@ def load_study(tracker, name: str, only: str | None = None) -> Study:
     transforms = _ordered({r.transform for r in runs if r.transform}, grid.get("transform", []))
     models = [m for v in variants for m in _models(v, transforms, runs)]
     augs = _ordered({r.aug for r in runs}, grid.get("aug", []) + list(AUGMENTATIONS))
-    runs.sort(key=lambda r: (models.index(r.model), augs.index(r.aug), r.seed, r.trial, r.start, r.id))
+    datasets = _ordered({r.dataset for r in runs}, grid.get("dataset", []))
+    runs.sort(key=lambda r: (datasets.index(r.dataset), models.index(r.model), augs.index(r.aug), r.seed, r.trial,
+                             r.start, r.id))
     tuning = any(r.tags.get("phase") == "tune" for r in runs) or not grid
     older = [(p.info.run_id, p.data.tags.get("study_digest", "?")) for p in parents[1:]]
     study = Study(name, experiment.experiment_id, parent.info.run_id, dict(parent.data.tags), params,
@@ -124,7 +147,7 @@ def load_study(tracker, name: str, only: str | None = None) -> Study:
         if run.status != "finished" or "final_test_acc" not in run.metrics:
             continue
         cell = study.counted.setdefault((run.model, run.aug), [])
-        same = next((r for r in cell if r.seed == run.seed), None) if not tuning else None
+        same = next((r for r in cell if (r.dataset, r.seed) == (run.dataset, run.seed)), None) if not tuning else None
         if same is None:
             cell.append(run)
         else:  # two finished runs of one grid cell: the newer counts, the other is listed
@@ -142,7 +165,8 @@ def _run(tracker, r) -> Run:
         if points:
             history[key] = {m.step: m.value for m in points}
     stn = tags.get("stn") == "true"  # a run from before transform families was affine, and logged no transform
-    return Run(r.info.run_id, r.info.run_name or "", tags.get("variant", params.get("variant", "?")),
+    return Run(r.info.run_id, r.info.run_name or "", tags.get("dataset", params.get("dataset", "cifar10")),
+               tags.get("variant", params.get("variant", "?")),
                params.get("transform", "affine") if stn else "", tags.get("augmentation", params.get("aug", "?")),
                _int(tags.get("seed", params.get("seed"))),
                _int(tags.get("trial")), tags.get("status", RUNNING), tags.get("status_reason", ""),

@@ -151,12 +151,13 @@ class Worker:
         trial_id = self._id_of(trial.number)
         beat = Heartbeat(lambda: self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time()))
         checkpoint = self.home.checkpoint(key.replace(":", "-"))
+        label = cell_label(cfg, "dataset" in spec.grid)
         run = TrackedRun(
             cfg, self.experiment, key,
-            run_name="-".join(cell_label(cfg)) + (f"-t{trial.number}" if spec.search else ""),
+            run_name="-".join(label) + (f"-t{trial.number}" if spec.search else ""),
             checkpoint=checkpoint, parent_run_id=self.parent, reuse_finished=True, robustness=spec.robustness,
             precision=self.precision, deterministic=self.deterministic,
-            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(cell_label(cfg))} on {self.device}",
+            progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(label)} on {self.device}",
             tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
                   "cell": cell, "study_file_sha256": spec.file_sha256})
         with beat:
@@ -247,8 +248,8 @@ class Worker:
 
 def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
     """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
-    and, for each transformer against its twin, the mean paired difference of final test accuracy in points with
-    its 95% interval (the report's numbers, from the same code)."""
+    and, for each transformer against its twin (on each dataset of a study over several), the mean paired
+    difference of final test accuracy in points with its 95% interval (the report's numbers, from the same code)."""
     from stn_ablation.report_tables import comparisons
     from stn_ablation.results import load_study
 
@@ -258,10 +259,11 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
         study = load_study(tracker, spec.name)
     except UsageError:  # runs in several precisions: the report says how to pick one
         return summary
+    several = len(study.datasets) > 1
     for c in comparisons(study):
-        if c.a[0] == c.b[0]:  # an augmentation comparison, not a transformer's
+        if not c.of_transformer:
             continue
-        name = f"stn_effect_pts/{c.a[0]}/{c.a[1]}"
+        name = f"stn_effect_pts/{c.dataset + '/' if several else ''}{c.a[0]}/{c.a[1]}"
         d = c.test.diff
         summary.update({f"{name}/mean": 100 * d.mean, f"{name}/n": float(c.test.n)})
         if d.half_width is not None:
@@ -273,11 +275,11 @@ def cell_key(cell: dict[str, Any]) -> str:
     return "/".join(f"{k}={v}" for k, v in cell.items())
 
 
-def cell_label(cfg: TrainConfig) -> tuple[str, ...]:
-    """What names a trial for a reader: variant, its transform family if it has a transformer, augmentation and
-    seed (e.g. tutorial_stn, affine, none, s0), as the report names its cells."""
+def cell_label(cfg: TrainConfig, dataset: bool = False) -> tuple[str, ...]:
+    """What names a trial for a reader: its dataset when the study varies it, variant, its transform family if it has
+    a transformer, augmentation and seed (e.g. tutorial_stn, affine, none, s0), as the report names its cells."""
     transform = (cfg.transform,) if get_variant(cfg.variant).has_transformer else ()
-    return (cfg.variant, *transform, cfg.aug, f"s{cfg.seed}")
+    return (*((cfg.dataset,) if dataset else ()), cfg.variant, *transform, cfg.aug, f"s{cfg.seed}")
 
 
 def summarize(study: optuna.Study, spec: StudySpec) -> str:

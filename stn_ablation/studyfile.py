@@ -61,8 +61,8 @@ class StudySpec:
         return "grid" if self.grid else "tune"
 
     def cells(self) -> list[dict[str, Any]]:
-        """The grid cells as dicts of axis -> value, in file order (variant slowest, seed fastest); `--n-trials N`
-        keeps the first N."""
+        """The grid cells as dicts of axis -> value, in GRID_AXES order (dataset slowest, seed fastest);
+        `--n-trials N` keeps the first N."""
         return grid_cells(self.grid, self.base)[:self.n_trials]
 
     def config(self, params: dict[str, Any]) -> TrainConfig:

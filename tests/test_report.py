@@ -39,7 +39,7 @@ ACC = {  # final test accuracy of the finished seeds 0, 1, 2
 }
 SEED3 = {(STN, "none"): "failed", ("tutorial_cnn", "none"): "diverged",
          ("tutorial_cnn", "standard"): None}  # None: still running; tutorial_stn/standard/3 has no run at all
-TWIN = {"tutorial_stn": "tutorial_cnn"}
+TWIN = {"tutorial_stn": "tutorial_cnn", "paper_stn": "paper_cnn"}
 
 
 def _parent(tracker: Tracker, study: str, grid: dict[str, str], base: TrainConfig, *, n_trials: int,
@@ -58,17 +58,17 @@ def _parent(tracker: Tracker, study: str, grid: dict[str, str], base: TrainConfi
 
 def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: int, status: str | None,
            acc: float, picture: Path | None = None, phase: str = "grid", theta: dict[str, float] | None = None,
-           val: bool = True) -> str:
+           val: bool = True, extra_tags: dict[str, str] | None = None) -> str:
     """A trial's run as the runner leaves it, written with few store calls (each costs milliseconds). `theta`: an
     STN's `theta/*_mean` statistics, by default an affine family's; `val=False`: a run without validation split."""
     stn = cfg.variant in TWIN
     tags = {"study": study, "study_digest": f"{study}-d", "phase": phase, "trial": str(trial),
             "cell": f"variant={cfg.variant}/aug={cfg.aug}/seed={cfg.seed}", "variant": cfg.variant,
-            "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": "cifar10", "device": "cpu",
+            "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset, "device": "cpu",
             "precision": "bfloat16", "data_provenance": "local copy, md5 differs from official: test_batch",
             "study_file_sha256": "ab" * 32,
             "stn": str(stn).lower(), "mlflow.parentRunId": parent, "git_commit": "c0ffee", "git_dirty": "false",
-            **({"twin": TWIN[cfg.variant]} if stn else {})}
+            **({"twin": TWIN[cfg.variant]} if stn else {}), **(extra_tags or {})}
     run = tracker.client.create_run(tracker.experiment(study), run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}",
                                     tags=tags).info.run_id
     metrics = [Metric(k, v, 0, epoch) for epoch in (1, 2, 3)  # curves that end at the final accuracy
@@ -204,7 +204,7 @@ def test_readme_header_traces_every_number(store):
     text = store["readme"].read_text()
     assert "stn-ablate run --study fab && stn-ablate report --study fab" in text
     assert f"parent run `{store['parent']}`" in text
-    assert "not the official CIFAR-10 release" in text
+    assert "CIFAR-10: **not the official release** (local copy, md5 differs from official: test_batch)" in text
     assert "Older versions of this study" in text
     assert "| device, precision | cpu, bfloat16 (15 runs) |" in text
 
@@ -379,3 +379,66 @@ def test_each_transform_is_its_own_cell_paired_with_the_one_twin(store):
 
 def test_an_affine_only_study_keeps_the_affine_columns(fab):
     assert report.theta_table(fab).headers[3:-1] == ["scale", "rotation (°)", "shear", "tx", "ty", "‖θ−I‖"]
+
+
+PAPER_ACC = {  # final test accuracy, seeds 0-2, of a fabricated two-dataset paper_mnist
+    ("mnist_r", "paper_stn/affine"): [0.993, 0.992, 0.994], ("mnist_r", "paper_cnn"): [0.988, 0.986, 0.990],
+    ("mnist_p", "paper_stn/affine"): [0.984, 0.985, 0.983], ("mnist_p", "paper_cnn"): [0.986, 0.984, 0.987],
+}
+
+
+def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store, tmp_path):
+    """dataset as a grid axis: each dataset's cells, tests and figures are its own (never pooled), Holm corrects
+    across the whole report, and the error table and transformer table set ours beside the STN paper's Table 1."""
+    tracker, base = store["tracker"], TrainConfig(epochs=3, aug="none", val_size=0)
+    parent = _parent(tracker, "paperfab", {"dataset": "mnist_r,mnist_p", "variant": "paper_stn,paper_cnn",
+                                           "transform": "affine", "seed": "0,1,2"}, base, n_trials=12)
+    for trial, ((dataset, model), accs) in enumerate(PAPER_ACC.items()):
+        for seed, acc in enumerate(accs):
+            cfg = base.with_overrides(dataset=dataset, variant=model.split("/")[0], seed=seed)
+            _child(tracker, parent, "paperfab", cfg, 3 * trial + seed, "finished", acc, val=False,
+                   extra_tags={"data_generation_version": "1", "data_generation_seed": "0"})
+    study = report.load_study(tracker, "paperfab")
+    assert study.datasets == ["mnist_r", "mnist_p"]
+    parts = dict(study.per_dataset())
+    assert [(cell, len(runs)) for cell, runs in parts["mnist_p"].cells()] == [
+        (("paper_stn/affine", "none"), 3), (("paper_cnn", "none"), 3)]
+    assert report.issues_table(parts["mnist_r"]).rows == []
+
+    found = report.comparisons(study)
+    assert [(c.dataset, c.a[0], c.b[0]) for c in found] == [("mnist_r", "paper_stn/affine", "paper_cnn"),
+                                                           ("mnist_p", "paper_stn/affine", "paper_cnn")]
+    p = [sps.ttest_rel(PAPER_ACC[d, "paper_stn/affine"], PAPER_ACC[d, "paper_cnn"]).pvalue
+         for d in ("mnist_r", "mnist_p")]
+    assert [c.holm_p for c in found] == pytest.approx([min(1, 2 * min(p)), max(min(1, 2 * min(p)), max(p))])
+
+    errors = {row["variant"]: row for row in report.error_table(study).data}
+    for (dataset, model), accs in PAPER_ACC.items():
+        assert errors[model][f"{dataset}_error_mean"] == pytest.approx(1 - np.mean(accs), abs=1e-12)
+        assert errors[model][f"{dataset}_n"] == 3
+    assert [errors["paper_stn/affine"]["mnist_r_published_error"], errors["paper_cnn"]["mnist_p_published_error"]] \
+        == [0.7, 1.5]
+
+    effects = report.transformer_effects_table(found, study)
+    for row, c, published in zip(effects.data, found, (-0.5, -0.7)):
+        diffs = np.subtract(PAPER_ACC[c.dataset, "paper_stn/affine"], PAPER_ACC[c.dataset, "paper_cnn"])
+        assert row["error_diff_points"] == pytest.approx(-100 * diffs.mean(), abs=1e-9)
+        assert row["published_error_diff_points"] == pytest.approx(published)
+    assert [r[-1] for r in effects.rows] == [
+        "agrees" if found[0].holm_p < 0.05 else "same sign, not significant", "opposite sign, not significant"]
+    assert "ours has the paper's sign in 1" in report.published_claim_sentence(found)
+
+    out = tmp_path / "paperfab"
+    text = report.write_report(tracker, "paperfab", out, "csv").read_text()
+    assert ("MNIST R, MNIST P, generated by `stn_ablation/distorted.py` (version 1, seed 0; each run's "
+            "`data/generation.json` holds the full record) from **not the official release**") in text
+    for heading in ("## Across datasets", "## MNIST R (`mnist_r`)", "## MNIST P (`mnist_p`)",
+                    "### Final test accuracy", "### Ablation effects"):
+        assert heading in text
+    assert text.index("## MNIST R") < text.index("## MNIST P") < text.index("\n## Runs\n")
+    files = {p.name for p in out.iterdir()}
+    assert {"fig_datasets.png", "fig_final_mnist_r.png", "fig_final_mnist_p.png", "table_error.csv",
+            "table_transformer_by_dataset.csv", "table_main_mnist_r.csv", "table_effects_mnist_p.csv"} <= files
+    assert "table_main.csv" not in files and "fig_final.png" not in files
+    for name in ("fig_datasets.png", "fig_final_mnist_p.png"):
+        assert (out / name).read_bytes().startswith(PNG) and f"({name})" in text

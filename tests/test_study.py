@@ -27,12 +27,13 @@ def test_every_shipped_study_loads():
     assert {c["variant"] for c in headline.cells()} == {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"}
     tune = load_study("tune_stn")
     assert tune.phase == "tune" and tune.n_trials == 30 and tune.metric == "val_acc" and tune.pruner == "median"
-    for distortion in ("r", "rts", "p", "e"):  # the STN paper's Table 1: a CNN and three ST-CNNs, 3 seeds each
-        paper = load_study(f"paper_mnist_{distortion}")
-        assert paper.n_trials == 12 and paper.base.dataset == f"mnist_{distortion}" and paper.base.batch_size == 256
-        assert sum(c["variant"] == "paper_cnn" for c in paper.cells()) == 3
-    distorted = load_study("cifar10_rts")  # baseline_vs_stn's recipe on the distorted set
-    assert distorted.n_trials == 12 and distorted.base == headline.base.with_overrides(dataset="cifar10_rts")
+    paper = load_study("paper_mnist")  # the STN paper's Table 1: a CNN and three ST-CNNs on 4 datasets, 3 seeds
+    assert paper.n_trials == 4 * (1 + 3) * 3 and paper.base.batch_size == 256
+    assert [c["dataset"] for c in paper.cells()[::12]] == ["mnist_r", "mnist_rts", "mnist_p", "mnist_e"]
+    assert sum(c["variant"] == "paper_cnn" for c in paper.cells()) == 4 * 3
+    distorted = load_study("cifar10_rts")  # baseline_vs_stn's recipe on clean and distorted CIFAR-10
+    assert distorted.n_trials == 24 and distorted.base == headline.base
+    assert distorted.grid["dataset"] == ("cifar10", "cifar10_rts")
 
 
 def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsys):
@@ -272,3 +273,37 @@ def test_median_pruning_ends_poor_trials_as_pruned_runs(data_root, tmp_path, cap
     assert len(finished) + len(pruned) == 10 and all(r.info.status == "FINISHED" for r in finished)
     assert f"{len(pruned)} pruned" in summary
     _rerun_adds_no_trial(args, home)
+
+
+def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mnist_raw, tmp_path, capsys,
+                                                                    monkeypatch):
+    """`dataset` as a grid axis, end to end: every cell trains on its dataset (a 400-image prefix of MNIST R, so
+    the test generates little), names it in its run, and the report and the parent's summary keep the datasets
+    apart."""
+    import stn_ablation.study as study_module
+    from stn_ablation import distorted, report
+    from stn_ablation.tracking import Tracker
+
+    def small(name: str, root, download: bool = True):
+        return distorted.load(name, root, download, n=400, cache=tmp_path / "distorted") \
+            if name in distorted.DISTORTIONS else mnist_raw
+    monkeypatch.setattr(study_module, "load_dataset", small)
+    args, home, out = _run_inline_study(
+        tmp_path, capsys, 'name = "two_sets"\ndescription = "MNIST and MNIST R"\nmetric = "test_acc"\n'
+        '[grid]\ndataset = ["mnist", "mnist_r"]\nvariant = ["tutorial_stn", "tutorial_cnn"]\nseed = [0, 1]\n'
+        '[train]\nepochs = 1\nsubset = 256\nval_size = 0\n[robustness]\nimages = 0\n')
+    assert "8 finished" in out
+    _, children = child_runs(home, "two_sets")
+    by_name = {r.info.run_name: r for r in children}
+    assert sorted(by_name) == sorted(f"{d}-{v}-none-s{s}" for d in ("mnist", "mnist_r")
+                                     for v in ("tutorial_stn-affine", "tutorial_cnn") for s in (0, 1))
+    for name, run in by_name.items():
+        dataset = name.split("-")[0]
+        assert run.data.tags["dataset"] == run.data.params["dataset"] == dataset
+        assert ("data_generation_seed" in run.data.tags) == (dataset == "mnist_r")
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
+    loaded = report.load_study(tracker, "two_sets")
+    assert [(d, len(part.runs)) for d, part in loaded.per_dataset()] == [("mnist", 4), ("mnist_r", 4)]
+    parent = tracker.client.get_run(loaded.parent_id)
+    assert {k.rsplit("/", 1)[0] for k in parent.data.metrics if k.startswith("stn_effect_pts/")} == {
+        f"stn_effect_pts/{d}/tutorial_stn/affine/none" for d in ("mnist", "mnist_r")}
