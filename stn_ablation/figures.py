@@ -80,19 +80,25 @@ def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
     return drawn
 
 
-def draw_datasets(study: Study, out: Path, names: dict[str, str]) -> dict[str, str]:
-    """For a study over several datasets: every model's test error on each, side by side (`names`: how to call
-    each dataset)."""
+def draw_datasets(study: Study, out: Path, names: dict[str, str],
+                  published: dict[tuple[str, str], float]) -> dict[str, str]:
+    """For a study over several datasets: every model's test error on each, side by side, with a paper's error
+    where `published` ({(dataset, model): % error}) states one for a cell without augmentation (`names`: how to
+    call each dataset)."""
     cells = [(d, model, aug, runs) for d, part in study.per_dataset() for (model, aug), runs in part.cells()]
     several_augs = len({aug for _, _, aug, _ in cells}) > 1
-    groups = [(names.get(d, d), f"{model} / {aug}" if several_augs else model,
-               [1 - r.metrics["final_test_acc"] for r in runs]) for d, model, aug, runs in cells]
+    groups, references = [], {}
+    for d, model, aug, runs in cells:
+        key = (names.get(d, d), f"{model} / {aug}" if several_augs else model)
+        groups.append((*key, [1 - r.metrics["final_test_acc"] for r in runs]))
+        if aug == "none" and (d, model) in published:
+            references[key] = published[d, model] / 100
     if not groups:
         return {}
     point_plot(groups, out / "fig_datasets.png", palette(list(dict.fromkeys(h for _, h, _ in groups))),
-               ylabel="test error (%)", legend="model")
+               ylabel="test error (%)", legend="model", references=references)
     return {"fig_datasets.png": f"Test error per dataset and model: mean and {LEVEL:.0%} Student-t CI; small dots "
-                                "are single seeds."}
+                                "are single seeds" + ("; crosses are the published errors." if references else ".")}
 
 
 def robust_points(metrics: dict[str, float], kind: str) -> dict[float, float]:
@@ -173,10 +179,12 @@ def line_panels(panels: Sequence[Panel], path: Path) -> Path:
 
 
 def point_plot(groups: Sequence[tuple[str, str, Sequence[float]]], path: Path, colors: dict[str, str],
-               ylabel: str = "final test accuracy (%)", legend: str = "augmentation") -> Path:
+               ylabel: str = "final test accuracy (%)", legend: str = "augmentation",
+               references: dict[tuple[str, str], float] | None = None) -> Path:
     """One point per (category, hue) with its interval, and each value as a small dot beside it.
 
-    `groups` holds (category on the x axis, hue, values on [0, 1]) in drawing order."""
+    `groups` holds (category on the x axis, hue, values on [0, 1]) in drawing order; `references` a published
+    value on [0, 1] per (category, hue), drawn as a cross beside its point."""
     categories = list(dict.fromkeys(c for c, _, _ in groups))
     hues = list(dict.fromkeys(h for _, h, _ in groups))
     step = 0.7 / len(hues)
@@ -190,6 +198,11 @@ def point_plot(groups: Sequence[tuple[str, str, Sequence[float]]], path: Path, c
             labelled.add(hue)
             ax.scatter([x + step * 0.3] * len(values), [100 * v for v in values], s=10, color=colors[hue],
                        alpha=0.6, linewidths=0)
+            if (reference := (references or {}).get((category, hue))) is not None:
+                ax.scatter([x - step * 0.3], [100 * reference], marker="x", s=28, color=colors[hue])
+                if "published" not in labelled:  # one grey legend entry for the crosses of every colour
+                    ax.scatter([], [], marker="x", s=28, color="0.35", label="published")
+                    labelled.add("published")
         ax.set_xticks(range(len(categories)), categories)
         ax.set_xlim(-0.6, len(categories) - 0.4)
         ax.grid(False, axis="x")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stn_ablation.errors import UsageError
+from stn_ablation.published import PUBLISHED_ERROR
 from stn_ablation.report_tables import (DATASET_NAMES, Table, best_config_table, best_trial_sentence, comparisons,
                                         effect_sentence, effects_table, error_table, issues_table, main_table,
                                         objective, published_claim_sentence, robustness_table, sign_sentences,
@@ -51,7 +52,7 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
     pictures = {d: {**figures.copy_stn_grids(tracker, part, out, tags[d]), **figures.draw(part, out, tags[d])}
                 for d, part in parts}
     if len(parts) > 1 and loaded.phase == "grid":
-        pictures[ACROSS] = figures.draw_datasets(loaded, out, DATASET_NAMES)
+        pictures[ACROSS] = figures.draw_datasets(loaded, out, DATASET_NAMES, PUBLISHED_ERROR)
     text, tables = render(loaded, fmt, pictures)
     written = [out / "README.md", *(out / name for drawn in pictures.values() for name in drawn)]
     written[0].write_text(text, encoding="utf-8")

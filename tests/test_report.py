@@ -440,5 +440,6 @@ def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store
     assert {"fig_datasets.png", "fig_final_mnist_r.png", "fig_final_mnist_p.png", "table_error.csv",
             "table_transformer_by_dataset.csv", "table_main_mnist_r.csv", "table_effects_mnist_p.csv"} <= files
     assert "table_main.csv" not in files and "fig_final.png" not in files
+    assert "crosses are the published errors" in text
     for name in ("fig_datasets.png", "fig_final_mnist_p.png"):
         assert (out / name).read_bytes().startswith(PNG) and f"({name})" in text
