@@ -237,7 +237,7 @@ def _header(study: Study, fmt: str) -> list[str]:
             ["device, precision", "; ".join(f"{d} ({_runs(n)})" for d, n in devices) or "—"],
             ["data", data_line],
             ["base config", ", ".join(f"{k[5:]}={v}" for k, v in sorted(study.parent_params.items())
-                                      if k.startswith("base.")) or "—"],
+                                      if k.startswith("base.") and k[5:] not in study.grid) or "—"],
             ["date", date]]
     md = [f"# Study `{study.name}`", "", tags.get("mlflow.note.content", "").strip(), "",
           "Regenerate this report with:", "", "```", command, "```", "",
