@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from stn_ablation.config import SWEEP_KINDS
+from stn_ablation.published import published_error
+from stn_ablation.report_tables import dataset_name
 from stn_ablation.results import Run, Study
 from stn_ablation.stats import LEVEL, mean_ci
 
@@ -80,19 +82,17 @@ def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
     return drawn
 
 
-def draw_datasets(study: Study, out: Path, names: dict[str, str],
-                  published: dict[tuple[str, str], float]) -> dict[str, str]:
+def draw_datasets(study: Study, out: Path) -> dict[str, str]:
     """For a study over several datasets: every model's test error on each, side by side, with a paper's error
-    where `published` ({(dataset, model): % error}) states one for a cell without augmentation (`names`: how to
-    call each dataset)."""
+    where published.py states one for a cell without augmentation."""
     cells = [(d, model, aug, runs) for d, part in study.per_dataset() for (model, aug), runs in part.cells()]
     several_augs = len({aug for _, _, aug, _ in cells}) > 1
     groups, references = [], {}
     for d, model, aug, runs in cells:
-        key = (names.get(d, d), f"{model} / {aug}" if several_augs else model)
+        key = (dataset_name(d), f"{model} / {aug}" if several_augs else model)
         groups.append((*key, [1 - r.metrics["final_test_acc"] for r in runs]))
-        if aug == "none" and (d, model) in published:
-            references[key] = published[d, model] / 100
+        if (published := published_error(d, model, aug)) is not None:
+            references[key] = published / 100
     if not groups:
         return {}
     point_plot(groups, out / "fig_datasets.png", palette(list(dict.fromkeys(h for _, h, _ in groups))),

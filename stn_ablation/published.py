@@ -17,3 +17,9 @@ PUBLISHED_ERROR: dict[tuple[str, str], float] = {
                           "paper_stn/tps": (0.7, 0.5, 0.8, 1.1)}.items()
     for dataset, error in zip(("mnist_r", "mnist_rts", "mnist_p", "mnist_e"), errors)
 }
+
+
+def published_error(dataset: str, model: str, aug: str) -> float | None:
+    """The published % error of `model` on `dataset`, or None: none is stated, or the cell trains with an
+    augmentation (the paper trained on the distorted sets alone)."""
+    return PUBLISHED_ERROR.get((dataset, model)) if aug == "none" else None

@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from stn_ablation.config import SWEEP_KINDS
-from stn_ablation.published import PUBLISHED_ERROR, STN_PAPER
+from stn_ablation.published import PUBLISHED_ERROR, STN_PAPER, published_error
 from stn_ablation.results import Run, Study
 from stn_ablation.stats import ALPHA, LEVEL, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci, paired_t
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "mnist_r": "MNIST R", "mnist_rts": "MNIST RTS",
                  "mnist_p": "MNIST P", "mnist_e": "MNIST E", "cifar10_rts": "CIFAR-10 RTS"}
+
+
+def dataset_name(dataset: str) -> str:
+    """How a report calls a dataset (MNIST RTS for mnist_rts); its identifier where none is set."""
+    return DATASET_NAMES.get(dataset, dataset)
+
+
 AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rotate/zoom/shift+flip"}
 # the `theta/*` statistics of every transform family (transforms.Family.describe), in table order; a table shows
 # those its rows have: scale to shear for affine and its subsets and projective, px and py for projective's
@@ -158,7 +165,7 @@ def error_table(study: Study) -> Table:
     cited = {d for d, _ in parts if any(key[0] == d for key in PUBLISHED_ERROR)}
     headers = ["variant", "aug"]
     for d, _ in parts:
-        headers += [DATASET_NAMES.get(d, d)] + ([f"{DATASET_NAMES.get(d, d)}, paper"] if d in cited else [])
+        headers += [dataset_name(d)] + ([f"{dataset_name(d)}, paper"] if d in cited else [])
     rows, data = [], []
     for model in study.models:
         for aug in study.augs:
@@ -173,7 +180,7 @@ def error_table(study: Study) -> Table:
                 item.update({f"{d}_n": est.n, f"{d}_error_mean": est.mean if est.n else None,
                              f"{d}_error_ci_half_width": est.half_width})
                 if d in cited:
-                    published = PUBLISHED_ERROR.get((d, model)) if aug == "none" else None
+                    published = published_error(d, model, aug)
                     row.append(_num(published, ".1f"))
                     item[f"{d}_published_error"] = published
             rows.append(row)
@@ -194,7 +201,7 @@ def transformer_effects_table(found: list[Comparison], study: Study) -> Table:
     for c in ranked:
         d, published = c.test.diff, _published_difference(c)
         ours = -100 * d.mean if c.test.n else None
-        rows.append([c.label, c.setting, DATASET_NAMES.get(c.dataset, c.dataset), str(c.test.n),
+        rows.append([c.label, c.setting, dataset_name(c.dataset), str(c.test.n),
                      _num(ours, "+.2f"),
                      "—" if d.half_width is None else f"{-100 * d.high:+.2f} to {-100 * d.low:+.2f}",
                      _p(c.holm_p), _num(published, "+.1f"), _agreement(c, published)])
@@ -236,7 +243,7 @@ def sign_sentences(found: list[Comparison], study: Study) -> list[str]:
         if len(on) < 2:
             continue
         signs = {c.test.diff.mean > 0 for c in on if c.test.tested and c.holm_p < ALPHA}
-        each = ", ".join(f"{-100 * c.test.diff.mean:+.2f} on {DATASET_NAMES.get(c.dataset, c.dataset)}"
+        each = ", ".join(f"{-100 * c.test.diff.mean:+.2f} on {dataset_name(c.dataset)}"
                          + (" (significant)" if c.test.tested and c.holm_p < ALPHA else "") for c in on)
         verdict = ("the sign changes, significantly on both sides" if len(signs) == 2 else
                    "the point estimates change sign" if len({c.test.diff.mean > 0 for c in on}) == 2 else
@@ -322,8 +329,8 @@ def _mean(runs: list[Run], key: str) -> float | None:
 def _published_difference(c: Comparison) -> float | None:
     """The paper's error of `c.a` minus that of `c.b` on `c.dataset`, in points; None unless it states both (and the
     comparison is without augmentation, as the paper trained)."""
-    a, b = (PUBLISHED_ERROR.get((c.dataset, cell[0])) for cell in (c.a, c.b))
-    return None if a is None or b is None or c.a[1] != "none" else round(a - b, 6)
+    a, b = (published_error(c.dataset, *cell) for cell in (c.a, c.b))
+    return None if a is None or b is None else round(a - b, 6)
 
 
 def _agreement(c: Comparison, published: float | None) -> str:

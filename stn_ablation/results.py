@@ -74,8 +74,9 @@ class Study:
 
     @property
     def datasets(self) -> list[str]:
-        """The datasets of its runs, in the grid's order (one for a study without a dataset axis)."""
-        base = self.parent_params.get("base.dataset", "cifar10")
+        """The datasets of its runs, in the grid's order (one for a study without a dataset axis; for a parent run
+        that logged no base config, its runs')."""
+        base = self.parent_params.get("base.dataset") or next((r.dataset for r in self.runs), "cifar10")
         return _ordered({r.dataset for r in self.runs}, self.grid.get("dataset", [base]))
 
     def per_dataset(self) -> list[tuple[str, Study]]:
