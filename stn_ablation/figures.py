@@ -22,6 +22,7 @@ from stn_ablation.stats import LEVEL, mean_ci
 
 DPI = 110
 LINESTYLES = {"none": "-", "standard": "--", "affine": ":"}  # augmentation -> line style
+STYLE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 SWEEP_AXES = {"rotate": "rotation (degrees)", "scale": "zoom factor (> 1 enlarges)", "translate": "shift (pixels)"}
 
 
@@ -47,6 +48,10 @@ class Panel:
 
 # -- from a study to files -----------------------------------------------------------------------------------------
 
+def _linestyle(aug: str) -> str:
+    return LINESTYLES.get(aug, "-.")
+
+
 def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
     """The study's figures in `out`, as {file name: caption}; finished runs only (a tuning study: every trial).
     `tag` ends each file's name: one dataset's figures of a study over several (`_mnist_r`)."""
@@ -58,7 +63,7 @@ def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
     colors = palette(study.models)
 
     def lines(values: Callable[[Run], dict[float, float]]) -> list[Line]:
-        return [Line(f"{v} / {a} (n={len(runs)})", colors[v], [values(r) for r in runs], LINESTYLES.get(a, "-."))
+        return [Line(f"{v} / {a} (n={len(runs)})", colors[v], [values(r) for r in runs], _linestyle(a))
                 for (v, a), runs in cells]
 
     drawn = {}
@@ -68,8 +73,9 @@ def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
     if panels:
         line_panels(panels, out / f"fig_curves{tag}.png")
         drawn[f"fig_curves{tag}.png"] = (f"Accuracy by epoch: mean over seeds, band = {LEVEL:.0%} Student-t CI (where "
-                                   "n >= 2). Colour: variant; line style: augmentation (solid none, dashed "
-                                   "standard, dotted affine).")
+                                   "n >= 2). Colour: variant; line style: augmentation ("
+                                   + ", ".join(f"{STYLE_WORDS[_linestyle(a)]} {a}" for a in study.augs
+                                                 if any(a == aug for (_, aug), _ in cells)) + ").")
     point_plot([(v, a, [r.metrics["final_test_acc"] for r in runs]) for (v, a), runs in cells],
                out / f"fig_final{tag}.png", palette(study.augs))
     drawn[f"fig_final{tag}.png"] = (f"Final test accuracy: mean and {LEVEL:.0%} Student-t CI per variant and "

@@ -236,6 +236,7 @@ def test_figures_are_valid_pngs_and_logged_to_the_parent(store):
         assert matplotlib.image.imread(out / name).ndim == 3
         assert f"]({name})" in store["readme"].read_text()
     assert plt.get_fignums() == []  # every figure was closed
+    assert "line style: augmentation (solid none, dashed standard)." in store["readme"].read_text()  # only those run
     logged = {f.path for f in store["tracker"].client.list_artifacts(store["parent"], "report")}
     assert {f"report/{n}" for n in names + ["README.md"]} <= logged
 
