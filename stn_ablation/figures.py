@@ -72,10 +72,10 @@ def draw(study: Study, out: Path, tag: str = "") -> dict[str, str]:
               if any(r.history.get(key) for _, runs in cells for r in runs)]
     if panels:
         line_panels(panels, out / f"fig_curves{tag}.png")
+        ran = {aug for (_, aug), _ in cells}
+        styles = ", ".join(f"{STYLE_WORDS[_linestyle(a)]} {a}" for a in study.augs if a in ran)
         drawn[f"fig_curves{tag}.png"] = (f"Accuracy by epoch: mean over seeds, band = {LEVEL:.0%} Student-t CI (where "
-                                   "n >= 2). Colour: variant; line style: augmentation ("
-                                   + ", ".join(f"{STYLE_WORDS[_linestyle(a)]} {a}" for a in study.augs
-                                                 if any(a == aug for (_, aug), _ in cells)) + ").")
+                                         f"n >= 2). Colour: variant; line style: augmentation ({styles}).")
     point_plot([(v, a, [r.metrics["final_test_acc"] for r in runs]) for (v, a), runs in cells],
                out / f"fig_final{tag}.png", palette(study.augs))
     drawn[f"fig_final{tag}.png"] = (f"Final test accuracy: mean and {LEVEL:.0%} Student-t CI per variant and "
