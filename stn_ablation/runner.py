@@ -38,8 +38,10 @@ class Progress:
                         leave=True)
 
     def update(self, stats: EpochStats, model: nn.Module) -> None:
-        self.bar.set_postfix(loss=f"{stats.train_loss:.3f}", train=f"{stats.train_acc:.3f}",
-                             val=f"{stats.val_acc:.3f}", refresh=False)
+        postfix = {"loss": f"{stats.train_loss:.3f}", "train": f"{stats.train_acc:.3f}"}
+        if not math.isnan(stats.val_acc):  # NaN: trained on every training image (val_size = 0), nothing to show
+            postfix["val"] = f"{stats.val_acc:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

@@ -230,8 +230,10 @@ images = 0
         load_study(str(path))
     path.write_text(body.format(metric='metric = "test_acc"'))
     assert main(["run", "--study", str(path), "--home", str(tmp_path / "home"), "--device", "cpu"]) == 0
-    summary = capsys.readouterr().out
+    captured = capsys.readouterr()
+    summary = captured.out
     assert "test_acc 0." in summary and "val" not in summary.split("):")[1]
+    assert "train=" in captured.err and "val=" not in captured.err  # the progress line shows no val=nan
     assert sum(1 for line in summary.splitlines() if "finished" in line) == 2  # the count line and the trial
 
 
