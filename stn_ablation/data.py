@@ -220,6 +220,8 @@ def _load_mnist(root: Path, download: bool) -> RawDataset:
     except RuntimeError as e:
         if str(e).startswith("Dataset not found"):
             raise _missing(root, "mnist", "no MNIST files there") from None
+        if str(e).startswith("Error downloading"):  # every mirror failed; the message lists each, over lines
+            raise _missing(root, "mnist", f"download failed: {_last_line(e)}") from None
         raise DataError(f"MNIST files under {root / 'MNIST' / 'raw'} are truncated or corrupt ({e}); delete "
                         "them and download or unpack them again") from None
     except Exception as e:  # download attempted and failed
@@ -233,6 +235,11 @@ def _load_mnist(root: Path, download: bool) -> RawDataset:
     return RawDataset("mnist", train.data[:, None].contiguous(), train.targets.long(),
                       test.data[:, None].contiguous(), test.targets.long(), tuple(train.classes), provenance,
                       str(folder))
+
+
+def _last_line(error: Exception) -> str:
+    """The last non-empty line of a multi-line message: its cause, for a one-line error."""
+    return next((line for line in reversed(str(error).splitlines()) if line.strip()), type(error).__name__)
 
 
 @contextlib.contextmanager

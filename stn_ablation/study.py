@@ -67,7 +67,7 @@ class Worker:
         spec = self.spec
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.tracker.check()
-        self._splits(spec.base)  # missing or broken data fails here, before any trial is created
+        self._check_data()
         self.storage, self.lock = open_storage(self.storage_url, self.home, spec.storage_name)
         with self.lock():
             self.study = optuna.create_study(
@@ -203,6 +203,13 @@ class Worker:
             else:
                 params[p.name] = trial.suggest_categorical(p.name, p.choices)
         return params
+
+    def _check_data(self) -> None:
+        """Load every dataset the study trains on, and prepare the first: missing or broken data fails here, in
+        one line, before any trial is created; a study over MNIST sets never needs CIFAR-10."""
+        for name in self.spec.datasets:
+            load_dataset(name, self.data_root)
+        self._splits(self.spec.config(self.spec.cells()[0]))
 
     def _splits(self, cfg: TrainConfig) -> DataSplits:
         """Data on the device, prepared once per process for each (dataset, validation size, subset)."""

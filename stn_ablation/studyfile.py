@@ -69,6 +69,11 @@ class StudySpec:
         return self.base.with_overrides(**params)
 
     @property
+    def datasets(self) -> list[str]:
+        """The datasets the study's trials train on, in grid order (a tuning study: its base's one)."""
+        return list(dict.fromkeys(self.config(cell).dataset for cell in self.cells()))
+
+    @property
     def digest(self) -> str:
         """Hash of everything that decides the study's results: a changed file or override is a new study."""
         payload = {"base": self.base.as_dict(), "grid": {k: list(v) for k, v in self.grid.items()},

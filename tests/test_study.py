@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from stn_ablation.cli import main
+from stn_ablation.paths import StateHome
 from stn_ablation.study import cell_key, cell_label
 from stn_ablation.studyfile import StudyFileError, list_studies, load_study
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
@@ -177,6 +178,30 @@ def test_run_on_missing_data_fails_before_training(tmp_path, capsys):
     assert any("cifar10 not found under" in line and "cifar-10-batches-py" in line for line in err)
 
 
+def test_a_missing_second_dataset_fails_before_training(data_root, tmp_path, capsys, monkeypatch):
+    """Every dataset of the grid is checked at start-up, not only the first one's: here MNIST, absent from a data
+    root that holds only CIFAR-10 and failing to download (the network is cut by the test), fails the run in one
+    line before its CIFAR-10 cells train."""
+    import urllib.error
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("network disabled by the test")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    root = tmp_path / "cifar_only"
+    root.mkdir()
+    (root / "cifar-10-batches-py").symlink_to(data_root / "cifar-10-batches-py")
+    study = tmp_path / "two.toml"
+    study.write_text('name = "two"\ndescription = "CIFAR-10 and MNIST"\n[grid]\ndataset = ["cifar10", "mnist"]\n'
+                     '[train]\nvariant = "tutorial_cnn"\nepochs = 1\nsubset = 128\n[robustness]\nimages = 0\n')
+    home = tmp_path / "h"
+    assert main(["run", "--study", str(study), "--home", str(home), "--data-root", str(root)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("stn-ablate: error: mnist not found under") and "MNIST/raw/" in line
+    assert "download failed: <urlopen error network disabled by the test>" in line
+    assert not StateHome(home).optuna_journal.exists()  # failed before the study's storage, so before any trial
+
+
 def _run_inline_study(tmp_path, capsys, text: str) -> tuple[list[str], Path, str]:
     """Write `text` as a study file and run it in a fresh state folder: (the command, the folder, its stdout)."""
     study = tmp_path / "inline.toml"
@@ -284,7 +309,10 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     from stn_ablation import distorted, report
     from stn_ablation.tracking import Tracker
 
+    requested = set()
+
     def small(name: str, root, download: bool = True):
+        requested.add(name)
         return distorted.load(name, root, download, n=400, cache=tmp_path / "distorted") \
             if name in distorted.DISTORTIONS else mnist_raw
     monkeypatch.setattr(study_module, "load_dataset", small)
@@ -292,7 +320,7 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
         tmp_path, capsys, 'name = "two_sets"\ndescription = "MNIST and MNIST R"\nmetric = "test_acc"\n'
         '[grid]\ndataset = ["mnist", "mnist_r"]\nvariant = ["tutorial_stn", "tutorial_cnn"]\nseed = [0, 1]\n'
         '[train]\nepochs = 1\nsubset = 256\nval_size = 0\n[robustness]\nimages = 0\n')
-    assert "8 finished" in out
+    assert "8 finished" in out and requested == {"mnist", "mnist_r"}  # never the default dataset, CIFAR-10
     _, children = child_runs(home, "two_sets")
     by_name = {r.info.run_name: r for r in children}
     assert sorted(by_name) == sorted(f"{d}-{v}-none-s{s}" for d in ("mnist", "mnist_r")
