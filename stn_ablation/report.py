@@ -121,7 +121,9 @@ def render(study: Study, fmt: str, pictures: dict[str, dict[str, str]]) -> tuple
 
 def _transformer(study: Study, md: list[str], add: Callable, show: Callable) -> None:
     """What the study's transformers learned: the transform table in each family's terms, and the pictures."""
-    if not any(runs[0].stn for _, runs in study.cells()):
+    if not study.cells():
+        md += ["No run has finished yet.", ""]
+    elif not any(runs[0].stn for _, runs in study.cells()):
         md += ["No variant of this study with finished runs has a spatial transformer.", ""]
     elif (theta := theta_table(study)) is None:
         md += ["These runs logged no transform statistics (`theta/*` metrics); the pictures below show what the "

@@ -97,11 +97,11 @@ class Study:
 
     def expected_cells(self) -> list[tuple[str, str, int]]:
         """Every (model, aug, seed) the grid asks for; an axis not in the grid takes the base config's value. A
-        variant counts as one with a transformer, one cell per transform, when a run of it says so (the report
-        imports no model code); one without any run is listed once, by its name."""
+        variant counts as one with a transformer, one cell per transform, when a run of it, on any of the study's
+        datasets, says so (the report imports no model code); one without any run is listed once, by its name."""
         base = {"transform": "affine"}  # a study from before transform families logged no base.transform
         axes = {a: self.grid.get(a) or [self.parent_params.get(f"base.{a}", base.get(a, "?"))] for a in GRID_AXES}
-        stn = {r.variant for r in self.runs if r.stn}
+        stn = {m.split("/")[0] for m in self.models if "/" in m}  # `models` spans every dataset (per_dataset)
         models = [f"{v}/{t}" if v in stn else v for v in axes["variant"] for t in axes["transform"]]
         return [(m, a, _int(s)) for m in dict.fromkeys(models) for a in axes["aug"] for s in axes["seed"]]
 

@@ -388,6 +388,25 @@ PAPER_ACC = {  # final test accuracy, seeds 0-2, of a fabricated two-dataset pap
 }
 
 
+def test_a_dataset_not_yet_run_lists_its_cells_by_transform(store):
+    """A study run in pieces: the second dataset has no run yet, so its missing cells take their transformer
+    families from the first dataset's runs (paper_stn/affine), not the bare variant name."""
+    tracker, base = store["tracker"], TrainConfig(epochs=3, aug="none", val_size=0)
+    parent = _parent(tracker, "pieces", {"dataset": "mnist_r,mnist_p", "variant": "paper_stn,paper_cnn",
+                                         "transform": "affine", "seed": "0,1,2"}, base, n_trials=12)
+    for trial, model in enumerate(("paper_stn/affine", "paper_cnn")):
+        for seed, acc in enumerate(PAPER_ACC["mnist_r", model]):
+            cfg = base.with_overrides(dataset="mnist_r", variant=model.split("/")[0], seed=seed)
+            _child(tracker, parent, "pieces", cfg, 3 * trial + seed, "finished", acc, val=False)
+    parts = dict(report.load_study(tracker, "pieces").per_dataset())
+    assert report.issues_table(parts["mnist_r"]).rows == []
+    missing = [(row["variant"], row["seed"], row["status"]) for row in report.issues_table(parts["mnist_p"]).data]
+    assert missing == [(m, s, "missing") for m in ("paper_stn/affine", "paper_cnn") for s in (0, 1, 2)]
+    text, _ = report.render(report.load_study(tracker, "pieces"), "md", {})
+    not_run = text.split("## MNIST P (`mnist_p`)")[1]
+    assert not_run.startswith("\n\n### What the transformer did\n\nNo run has finished yet.\n")
+
+
 def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store, tmp_path):
     """dataset as a grid axis: each dataset's cells, tests and figures are its own (never pooled), Holm corrects
     across the whole report, and the error table and transformer table set ours beside the STN paper's Table 1."""
