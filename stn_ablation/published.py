@@ -6,6 +6,8 @@ from __future__ import annotations
 STN_PAPER = ("Jaderberg et al., Spatial Transformer Networks (NeurIPS 2015), Table 1: % test error on distorted "
              "MNIST, mean of 3 runs")
 
+STN_PAPER_TRAINING = "150,000 iterations at batch 256, plain SGD, the localization net at a 10x lower rate"  # §4.1
+
 # (dataset, model as the report names its cells) -> % test error. The paper's CNN is `paper_cnn`; its ST-CNN with
 # an affine, projective or thin-plate-spline transformer is `paper_stn` with that family (stn_ablation/variants/
 # paper.py says where our rebuild differs from the paper's).
