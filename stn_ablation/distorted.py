@@ -45,38 +45,6 @@ SEED = 2015  # the default seed; each (set, split) draws from a generator seeded
 BATCH = 4096  # images warped at once: a 42 x 42 grid for them is 58 MB of float32
 CORNERS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))  # the image's outer corners, normalized (x, y)
 
-MNIST_SETS = ("mnist_r", "mnist_rts", "mnist_p", "mnist_e")
-RTS_SETS = ("mnist_rts", "cifar10_rts")
-CHOICES: tuple[tuple[tuple[str, ...], str], ...] = (  # (the sets it concerns, the choice)
-    (("mnist_r", "mnist_p", "mnist_e"),
-     "Canvas: R, P and E stay 28 x 28 (MNIST's own frame; its 20 x 20 digit box, rotated by up to 45 degrees, spans "
-     "28.3 px, so only stroke ends reaching the box's corners can leave the frame). Only RTS is enlarged."),
-    ((*MNIST_SETS, "cifar10_rts"),
-     "Sampling: bilinear (`grid_sample`, align_corners=False), rounded to uint8. Fill: MNIST's background, 0; for "
-     "CIFAR-10 the training set's mean colour, not black: after normalization it is 0, the value the suite's "
-     "augmentations and a transformer's own `grid_sample` put outside an image, so the canvas border is no cue that "
-     "a model with or without a transformer sees differently, and no black frame marks the object's position and "
-     "rotation for free."),
-    (("mnist_r", *RTS_SETS),
-     "Rotation, scale and position are about the image centre; a positive angle turns the content counter-clockwise "
-     "on screen (transforms.rts_theta); scale > 1 enlarges the content."),
-    (RTS_SETS,
-     "RTS \"random position\": the translation is uniform over the range that keeps the transformed bounding box of "
-     "the image's nonzero pixels (for CIFAR-10, in practice the whole frame) inside the canvas, per axis; where the "
-     "box is larger than the canvas (CIFAR-10 at large scale and angle) that range is empty and the image is centred "
-     "on that axis. Every MNIST digit fits (a 20 px box spans at most 34 px at 45 degrees and scale 1.2)."),
-    (("mnist_p",),
-     "P: the forward map is exact: after scaling, the image's four outer corners (not the pixel centres) move by the "
-     "offsets, and the sampling homography is solved from those four correspondences."),
-    (("mnist_e",),
-     "E: the offsets are applied in the sampling direction: output control point k samples the input at "
-     "(P_k + n_k) / s. The inverse of a thin-plate spline is no spline, and for symmetric normal offsets the two "
-     "directions give the same distribution to first order."),
-    ((*MNIST_SETS, "cifar10_rts"),
-     "Determinism: same bytes for the same seed, torch version and CPU; a CPU with other vector instructions may "
-     "round a few pixels differently, which the record's `digest` shows."),
-)
-
 Draw = Callable[[torch.Tensor, torch.Generator, int], torch.Tensor]  # (uint8 images, gen, canvas) -> N x k draws
 ToParams = Callable[[torch.Tensor, int, int], torch.Tensor]  # (N x k draws, input side, canvas) -> N x n params
 
@@ -203,6 +171,37 @@ DISTORTIONS: dict[str, Distortion] = {
                            "control_offset_sd_px": 1.5}),
     "cifar10_rts": _rts("cifar10", 48),
 }
+
+RTS_SETS = ("mnist_rts", "cifar10_rts")
+CHOICES: tuple[tuple[tuple[str, ...], str], ...] = (  # (the sets it concerns, the choice)
+    (("mnist_r", "mnist_p", "mnist_e"),
+     "Canvas: R, P and E stay 28 x 28 (MNIST's own frame; its 20 x 20 digit box, rotated by up to 45 degrees, spans "
+     "28.3 px, so only stroke ends reaching the box's corners can leave the frame). Only RTS is enlarged."),
+    (tuple(DISTORTIONS),
+     "Sampling: bilinear (`grid_sample`, align_corners=False), rounded to uint8. Fill: MNIST's background, 0; for "
+     "CIFAR-10 the training set's mean colour, not black: after normalization it is 0, the value the suite's "
+     "augmentations and a transformer's own `grid_sample` put outside an image, so the canvas border is no cue that "
+     "a model with or without a transformer sees differently, and no black frame marks the object's position and "
+     "rotation for free."),
+    (("mnist_r", *RTS_SETS),
+     "Rotation, scale and position are about the image centre; a positive angle turns the content counter-clockwise "
+     "on screen (transforms.rts_theta); scale > 1 enlarges the content."),
+    (RTS_SETS,
+     "RTS \"random position\": the translation is uniform over the range that keeps the transformed bounding box of "
+     "the image's nonzero pixels (for CIFAR-10, in practice the whole frame) inside the canvas, per axis; where the "
+     "box is larger than the canvas (CIFAR-10 at large scale and angle) that range is empty and the image is centred "
+     "on that axis. Every MNIST digit fits (a 20 px box spans at most 34 px at 45 degrees and scale 1.2)."),
+    (("mnist_p",),
+     "P: the forward map is exact: after scaling, the image's four outer corners (not the pixel centres) move by the "
+     "offsets, and the sampling homography is solved from those four correspondences."),
+    (("mnist_e",),
+     "E: the offsets are applied in the sampling direction: output control point k samples the input at "
+     "(P_k + n_k) / s. The inverse of a thin-plate spline is no spline, and for symmetric normal offsets the two "
+     "directions give the same distribution to first order."),
+    (tuple(DISTORTIONS),
+     "Determinism: same bytes for the same seed, torch version and CPU; a CPU with other vector instructions may "
+     "round a few pixels differently, which the record's `digest` shows."),
+)
 
 
 def _fill(spec: Distortion) -> tuple[float, ...]:

@@ -207,9 +207,9 @@ class Worker:
     def _check_data(self) -> None:
         """Load every dataset the study trains on, and prepare the first: missing or broken data fails here, in
         one line, before any trial is created; a study over MNIST sets never needs CIFAR-10."""
-        for name in self.spec.datasets:
-            load_dataset(name, self.data_root)
         self._splits(self.spec.config(self.spec.cells()[0]))
+        for name in self.spec.datasets:  # the first one's load is the cached one _splits just made
+            load_dataset(name, self.data_root)
 
     def _splits(self, cfg: TrainConfig) -> DataSplits:
         """Data on the device, prepared once per process for each (dataset, validation size, subset)."""
