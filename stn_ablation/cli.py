@@ -80,8 +80,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
     p.add_argument("--out", help="output folder; default reports/STUDY")
     p.add_argument("--format", default="md", choices=FORMATS, help="format of the tables")
+    p.add_argument("--runs", help="write the report from this runs file (reports/STUDY/runs.jsonl) instead of the "
+                   "MLflow store")
     p.add_argument("--numerics", help="report only the runs of one device/precision, e.g. cpu/bfloat16 (a study "
                                       "whose runs mix them is refused otherwise)")
+
+    p = sub.add_parser("export", parents=[common], help="write a study's run records (runs file) from its MLflow runs")
+    p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
+    p.add_argument("--out", help="runs file to write; default reports/STUDY/runs.jsonl")
+
+    p = sub.add_parser("import", parents=[common], help="put the runs of runs files into the MLflow store")
+    p.add_argument("files", nargs="+", metavar="RUNS_FILE", help="e.g. reports/STUDY/runs.jsonl")
 
     p = sub.add_parser("bench", help="training/evaluation throughput of the trainer vs a tutorial-style pipeline")
     p.add_argument("--variant", action="append", help="variant to measure (repeatable); default: all four")
@@ -110,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="stn-ablate: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"list": cmd_list, "train": cmd_train, "run": cmd_run, "report": cmd_report, "bench": cmd_bench,
-               "ui": cmd_ui}[args.command]
+    handler = {"list": cmd_list, "train": cmd_train, "run": cmd_run, "report": cmd_report, "export": cmd_export,
+               "import": cmd_import, "bench": cmd_bench, "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
     except KeyboardInterrupt:
@@ -181,15 +190,46 @@ def _run_workers(argv: list[str], devices: list[str]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from stn_ablation.paths import StateHome
+    from stn_ablation.records import read_file, read_study
     from stn_ablation.report import write_report
+
+    out = Path(args.out) if args.out else None
+    if args.runs:
+        path = write_report(read_file(Path(args.runs), args.study), out, args.format, args.numerics)
+    else:
+        tracker = _tracker(args)
+        path = write_report(read_study(tracker, args.study), out, args.format, args.numerics, tracker)
+    print(f"report written to {path}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from stn_ablation.records import FILE_NAME, read_study, write_file
+    from stn_ablation.report import REPO
+
+    records = read_study(_tracker(args), args.study)
+    path = write_file(records, Path(args.out) if args.out else REPO / "reports" / args.study / FILE_NAME)
+    print(f"{1 + len(records.children)} runs of study {args.study} written to {path}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from stn_ablation.records import import_records, read_file
+
+    files = {name: read_file(Path(name)) for name in args.files}  # every file is checked before the store is touched
+    tracker = _tracker(args)
+    for name, records in files.items():
+        imported, present = import_records(tracker, records)
+        print(f"{name}: {imported} runs imported, {present} already in {tracker.uri}")
+
+
+def _tracker(args: argparse.Namespace):
+    """The MLflow store of --tracking-uri, or of the state folder; checked before anything is read or written."""
+    from stn_ablation.paths import StateHome
     from stn_ablation.tracking import Tracker
 
     home = StateHome.resolve(args.home)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     tracker.check()
-    out = write_report(tracker, args.study, Path(args.out) if args.out else None, args.format, args.numerics)
-    print(f"report written to {out}")
+    return tracker
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

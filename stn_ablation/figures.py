@@ -7,8 +7,7 @@ closed once saved."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import base64
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 from stn_ablation.config import SWEEP_KINDS
 from stn_ablation.published import published_error
 from stn_ablation.report_tables import dataset_name
-from stn_ablation.results import Run, Study
+from stn_ablation.results import Run, Study, picture_runs
 from stn_ablation.stats import LEVEL, mean_ci
 
 DPI = 110
@@ -126,22 +125,18 @@ def _trials(study: Study, out: Path) -> dict[str, str]:
                               "drawn thick; dotted: trials that did not finish (pruned, diverged, failed)."}
 
 
-def copy_stn_grids(tracker, study: Study, out: Path, tag: str = "") -> dict[str, str]:
-    """The last-epoch before/after picture of one run per STN variant x augmentation (its lowest seed, or the
-    best trial of a tuning study), copied from MLflow into `out`, as {file name: caption}; `tag` as in `draw`."""
+def write_stn_grids(study: Study, out: Path, tag: str = "") -> dict[str, str]:
+    """The last-epoch before/after picture of one run per STN model x augmentation (results.picture_runs), written
+    from the run's record into `out`, as {file name: caption}; `tag` as in `draw`."""
     pictures = {}
-    for (variant, aug), runs in study.cells():
-        if not runs[0].stn:
+    for run in picture_runs(study):
+        if not run.pictures:
             continue
-        run = min(runs, key=lambda r: (r.seed, -r.metrics.get("best_val_acc", 0.0), r.trial, r.id))
-        names = sorted(path for path in tracker.list_artifacts(run.id, "stn") if path.endswith(".png"))
-        if not names:
-            continue
-        target = f"stn_{variant.replace('/', '_')}_{aug}_s{run.seed}{tag}.png"
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(tracker.download_artifact(run.id, names[-1], tmp), out / target)
-        epoch = int("".join(c for c in Path(names[-1]).stem if c.isdigit()) or 0)
-        pictures[target] = (f"{variant}, augmentation {aug}, seed {run.seed}, epoch {epoch} (run {run.short}): "
+        (name, content), = run.pictures.items()
+        target = f"stn_{run.model.replace('/', '_')}_{run.aug}_s{run.seed}{tag}.png"
+        (out / target).write_bytes(base64.b64decode(content))
+        epoch = int("".join(c for c in Path(name).stem if c.isdigit()) or 0)
+        pictures[target] = (f"{run.model}, augmentation {run.aug}, seed {run.seed}, epoch {epoch} (run {run.short}): "
                             "each row of test images is followed by the row of what the transformer makes of them.")
     return pictures
 

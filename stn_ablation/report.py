@@ -1,6 +1,7 @@
-"""Tracked runs -> a study's report: `reports/<study>/README.md`, its figures and (optionally) LaTeX or CSV tables.
+"""Run records -> a study's report: `reports/<study>/README.md`, its figures, its runs file and (optionally) LaTeX
+or CSV tables.
 
-Reads MLflow only, through the tracker: never trains, never opens Optuna. The runs are loaded by results.py; this
+Reads run records only (records.py, from MLflow or from a runs file): never trains, never opens Optuna; this
 module assembles the document and writes the files; the tables and the sentences that read them live in
 report_tables.py, the pictures in figures.py. Everything is sorted, so the same runs always give the same bytes; the
 one date in the report is the newest run's end time, not the clock. Nothing that did not finish is dropped without a
@@ -20,7 +21,8 @@ from stn_ablation.report_tables import (Table, best_config_table, best_trial_sen
                                         effect_sentence, effects_table, error_table, issues_table, main_table,
                                         objective, published_claim_sentence, robustness_table, sign_sentences,
                                         theta_sentence, theta_table, transformer_effects_table, trials_table)
-from stn_ablation.results import Study, load_study
+from stn_ablation.records import FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, StudyRecords, write_file
+from stn_ablation.results import Study
 from stn_ablation.stats import ALPHA, UNDERPOWERED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,16 +32,18 @@ GENERATED = ("README.md", "tables.tex", "fig_*.png", "stn_*.png", "table_*.csv")
 
 # -- writing -------------------------------------------------------------------------------------------------------
 
-def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | None = None) -> Path:
-    """Write the report of `study` into `out` (default reports/<study>), log it to the study's parent run under
-    `report/`, and return the README's path. `fmt`: md (README only), latex (+ tables.tex), csv (+ a CSV per
-    table). `only`: report just the runs of one device/precision (see `results.numerics`)."""
+def write_report(records: StudyRecords, out: Path | None, fmt: str, only: str | None = None,
+                 tracker=None) -> Path:
+    """Write the report of the study in `records` into `out` (default reports/<study>), with the records as its
+    runs file beside it, and return the README's path. `fmt`: md (README only), latex (+ tables.tex), csv (+ a CSV
+    per table). `only`: report just the runs of one device/precision (see `results.numerics`). With `tracker`, the
+    store the records were read from, the files are also logged to the study's parent run under `report/`."""
     from stn_ablation import figures
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    loaded = load_study(tracker, study, only)
-    out = Path(out) if out is not None else REPO / "reports" / study
+    loaded = records.study(only)
+    out = Path(out) if out is not None else REPO / "reports" / loaded.name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -49,7 +53,7 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
             old.unlink()
     parts = loaded.per_dataset()
     tags = {d: f"_{d}" if len(parts) > 1 else "" for d, _ in parts}
-    pictures = {d: {**figures.copy_stn_grids(tracker, part, out, tags[d]), **figures.draw(part, out, tags[d])}
+    pictures = {d: {**figures.write_stn_grids(part, out, tags[d]), **figures.draw(part, out, tags[d])}
                 for d, part in parts}
     if len(parts) > 1 and loaded.phase == "grid":
         pictures[ACROSS] = figures.draw_datasets(loaded, out)
@@ -63,8 +67,10 @@ def write_report(tracker, study: str, out: Path | None, fmt: str, only: str | No
         for table in tables:
             written.append(out / f"{table.name}.csv")
             _csv(table, written[-1])
-    for path in sorted(written):
-        tracker.log_artifact(loaded.parent_id, path, "report")
+    written.append(write_file(records, out / FILE_NAME))
+    if tracker is not None:
+        for path in sorted(written):
+            tracker.log_artifact(records.store_ids[records.parent["id"]], path, "report")
     return written[0]
 
 
@@ -118,6 +124,7 @@ def render(study: Study, fmt: str, pictures: dict[str, dict[str, str]]) -> tuple
     md += ["## Runs", "", "Every child run of this study version, with its full MLflow run id.", "",
            _markdown(Table("", "", ["run", "run id", "name", "trial", "status"],
                            [[r.short, r.id, r.name, str(r.trial), r.status] for r in study.runs], [])), ""]
+    _reused(study, md)
     return "\n".join(md).rstrip() + "\n", tables
 
 
@@ -243,11 +250,25 @@ def _tuning(study: Study, md: list[str], add: Callable) -> None:
     add(best_config_table(best))
 
 
+def _reused(study: Study, md: list[str]) -> None:
+    """Which runs took a finished run's result instead of training (same config, data and numerics), and from
+    where: each is one run of this study, counted once; its source belongs to another study or version."""
+    reused = [r for r in study.runs if REUSED_TAG in r.tags]
+    if reused:
+        md += [f"{len(reused)} of these {_runs(len(study.runs))} did not train: each took the result of a finished "
+               "run with the same config, data and numerics (`stn.identity`), copied with its metrics and histories; "
+               "the source keeps the model.", "",
+               _markdown(Table("", "", ["run", "name", "reused from run", "of study"],
+                               [[r.short, r.name, f"`{r.tags[REUSED_TAG]}`", r.tags.get(REUSED_STUDY_TAG, "?")]
+                                for r in reused], [])), ""]
+
+
 def _header(study: Study, fmt: str) -> list[str]:
     tags, runs = study.parent_tags, study.runs
     everything = [tags] + [r.tags for r in runs]
-    command = f"stn-ablate run --study {study.name} && stn-ablate report --study {study.name}"
-    command += f" --format {fmt}" if fmt != "md" else ""
+    form = f" --format {fmt}" if fmt != "md" else ""
+    command = f"stn-ablate run --study {study.name} && stn-ablate report --study {study.name}{form}"
+    from_records = f"stn-ablate report --study {study.name} --runs reports/{study.name}/{FILE_NAME}{form}"
     ends = [e for e in [study.parent_end] + [r.end for r in runs] if e]
     date = (datetime.fromtimestamp(max(ends) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             + " (end of the newest run)") if ends else "no run has ended yet"
@@ -271,9 +292,11 @@ def _header(study: Study, fmt: str) -> list[str]:
             ["date", date]]
     md = [f"# Study `{study.name}`", "", tags.get("mlflow.note.content", "").strip(), "",
           "Regenerate this report with:", "", "```", command, "```", "",
-          f"Every number below was read from MLflow runs in experiment `{study.name}` (id {study.experiment_id}), "
-          f"parent run `{study.parent_id}`. Tables cite run ids shortened to 8 characters; the last section lists "
-          "them in full.", "", _markdown(Table("", "", ["", ""], rows, [])), ""]
+          f"or, with no MLflow store, from the run records beside it (`{FILE_NAME}`: every run's params, tags, "
+          "metrics and their histories; `stn-ablate import` puts them into a store):", "", "```", from_records, "```",
+          "", f"Every number below was read from the MLflow runs of experiment `{study.name}`, parent run "
+          f"`{study.parent_id}`. Tables cite run ids shortened to 8 characters; the last section lists them in full.",
+          "", _markdown(Table("", "", ["", ""], rows, [])), ""]
     if study.older:
         md += [f"Older versions of this study (its file or overrides changed) exist in the same experiment and are "
                f"not reported: parent runs {', '.join(f'`{i[:8]}` (version {d})' for i, d in study.older)}.", ""]

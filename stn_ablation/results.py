@@ -1,7 +1,7 @@
-"""A study as its report sees it: the `Run`s and the `Study` that `load_study` reads from MLflow (through the
-tracker: never Optuna, never the checkpoints). Kept apart from report.py, which writes the files, so that the tables
-(report_tables.py), the pictures (figures.py) and the study's summary metrics (study.py) share one model of a
-study without importing the report or each other."""
+"""A study as its report sees it: the `Run`s and the `Study` built from run records (records.py reads them from
+MLflow or from a runs file: never Optuna, never the checkpoints). Kept apart from report.py, which writes the files,
+so that the tables (report_tables.py), the pictures (figures.py) and the study's summary metrics (study.py) share
+one model of a study without importing the report or each other."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class Run:
     params: dict[str, str]
     metrics: dict[str, float]  # each metric's latest value
     history: dict[str, dict[int, float]]  # val_acc / test_acc -> epoch -> value
+    pictures: dict[str, str] = field(default_factory=dict)  # artifact path -> base64 PNG, for the report's picture
 
     @property
     def short(self) -> str:
@@ -57,7 +58,6 @@ class Study:
     """The newest version of a study: its parent run, the child runs under it, and which of them count."""
 
     name: str
-    experiment_id: str
     parent_id: str
     parent_tags: dict[str, str]
     parent_params: dict[str, str]
@@ -111,22 +111,13 @@ def numerics(run: Run) -> str:
     return f"{run.tags.get('device', '?').split(':')[0]}/{run.tags.get('precision', '?')}"
 
 
-def load_study(tracker, name: str, only: str | None = None) -> Study:
-    """The newest parent run of study `name` and its children; UsageError when the study was never run, or when
-    its finished runs mix device types or precisions and `only` (a `numerics` value) does not pick one."""
-    experiment = tracker.find_experiment(name)
-    if experiment is None or experiment.lifecycle_stage != "active":
-        raise UsageError(f"no runs of study {name!r} in {tracker.uri}; run `stn-ablate run --study {name}` first")
-    parents = sorted(tracker.search_runs(experiment.experiment_id, "tags.phase = 'study'"),
-                     key=lambda r: (r.info.start_time, r.info.run_id), reverse=True)
-    if not parents:
-        raise UsageError(f"experiment {name!r} holds no study run; run `stn-ablate run --study {name}` first")
-    parent = parents[0]
-    params = dict(parent.data.params)
+def study_from_records(name: str, parent: dict, children: list[dict], only: str | None = None) -> Study:
+    """The Study of a parent run and its children, given as run records (records.py: read from MLflow or from a
+    runs file, the same either way); UsageError when the finished runs mix device types or precisions and `only`
+    (a `numerics` value) does not pick one."""
+    params = parent["params"]
     grid = {a: params[f"grid.{a}"].split(",") for a in GRID_AXES if f"grid.{a}" in params}
-    runs = [_run(tracker, r) for r in
-            tracker.search_runs(experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")]
-    runs = [r for r in runs if only is None or numerics(r) == only]
+    runs = [r for r in map(run_of, children) if only is None or numerics(r) == only]
     mixed = Counter(numerics(r) for r in runs if r.status == "finished")
     if len(mixed) > 1:
         counts = ", ".join(f"{k}: {n}" for k, n in sorted(mixed.items()))
@@ -141,9 +132,9 @@ def load_study(tracker, name: str, only: str | None = None) -> Study:
     runs.sort(key=lambda r: (datasets.index(r.dataset), models.index(r.model), augs.index(r.aug), r.seed, r.trial,
                              r.start, r.id))
     tuning = any(r.tags.get("phase") == "tune" for r in runs) or not grid
-    older = [(p.info.run_id, p.data.tags.get("study_digest", "?")) for p in parents[1:]]
-    study = Study(name, experiment.experiment_id, parent.info.run_id, dict(parent.data.tags), params,
-                  parent.info.end_time, runs, older, models, augs, grid, "tune" if tuning else "grid")
+    older = [tuple(pair) for pair in parent.get("older_versions", [])]
+    study = Study(name, parent["id"], parent["tags"], params, parent["end"], runs, older, models, augs, grid,
+                  "tune" if tuning else "grid")
     for run in runs:
         if run.status != "finished" or "final_test_acc" not in run.metrics:
             continue
@@ -158,20 +149,26 @@ def load_study(tracker, name: str, only: str | None = None) -> Study:
     return study
 
 
-def _run(tracker, r) -> Run:
-    tags, params = dict(r.data.tags), dict(r.data.params)
-    history = {}
-    for key in ("val_acc", "test_acc"):
-        points = sorted(tracker.metric_history(r.info.run_id, key), key=lambda m: (m.step, m.timestamp))
-        if points:
-            history[key] = {m.step: m.value for m in points}
+def run_of(record: dict) -> Run:
+    """A run record (records.py) as the report reads it."""
+    tags, params = record["tags"], record["params"]
+    history = {key: {step: value for step, value, _ in record["history"][key]} for key in ("val_acc", "test_acc")
+               if record["history"].get(key)}
     stn = tags.get("stn") == "true"  # a run from before transform families was affine, and logged no transform
-    return Run(r.info.run_id, r.info.run_name or "", tags.get("dataset", params.get("dataset", "cifar10")),
+    return Run(record["id"], record["name"], tags.get("dataset", params.get("dataset", "cifar10")),
                tags.get("variant", params.get("variant", "?")),
                params.get("transform", "affine") if stn else "", tags.get("augmentation", params.get("aug", "?")),
                _int(tags.get("seed", params.get("seed"))),
                _int(tags.get("trial")), tags.get("status", RUNNING), tags.get("status_reason", ""),
-               r.info.start_time or 0, r.info.end_time, tags, params, dict(r.data.metrics), history)
+               record["start"] or 0, record["end"], tags, params, record["metrics"], history,
+               record.get("pictures", {}))
+
+
+def picture_runs(study: Study) -> list[Run]:
+    """The runs whose last-epoch transformer picture the report shows: per dataset, STN model and augmentation, the
+    lowest seed (the best trial of a tuning study)."""
+    return [min(runs, key=lambda r: (r.seed, -r.metrics.get("best_val_acc", 0.0), r.trial, r.id))
+            for _, part in study.per_dataset() for _, runs in part.cells() if runs[0].stn]
 
 
 def _int(value: str | None) -> int:

@@ -4,6 +4,8 @@ record exactly the same things."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,10 +19,13 @@ from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data import DataSplits
 from stn_ablation.device import autocast_dtype, eval_batch_size, precision_name
 from stn_ablation.evaluate import score
+from stn_ablation.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
 from stn_ablation.registry import get_variant
 from stn_ablation.robustness import sweep_accuracy, theta_stats
 from stn_ablation.tracking import DatasetRecord, Tracker
 from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
+
+ROBUSTNESS_TAG = "robustness"  # the sweeps a run was evaluated under (robustness_tag)
 
 
 class Progress:
@@ -81,13 +86,15 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
     (pruning) closes the run as pruned and propagates; so does any other error, closing it as failed. A finished
     run is then evaluated under the `robustness` sweeps."""
     cfg = run.cfg
+    precision = precision_name(autocast_dtype(device, run.precision))
     run_id = tracker.open_run(
-        run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id, params=_params(cfg),
+        run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id, params=training_params(cfg),
         reuse_finished=run.reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
               "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
-              "precision": precision_name(autocast_dtype(device, run.precision)),
-              "deterministic": str(run.deterministic).lower(), **run.tags})
+              "precision": precision, "deterministic": str(run.deterministic).lower(),
+              IDENTITY_TAG: run_identity(cfg, data, device.type, precision), NUMERICS_TAG: str(NUMERICS_VERSION),
+              ROBUSTNESS_TAG: robustness_tag(run.robustness), **run.tags})
     if on_open:
         on_open(run_id)
     tracker.log_datasets(run_id, dataset_records(data))
@@ -168,9 +175,8 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
         amp, batch = autocast_dtype(device, precision), eval_batch_size(device, cfg.eval_batch_size)
         test = score(model, data.test_x, data.test_y, data.num_classes, batch, amp)
         tracker.log_dict(run_id, dict(zip(data.classes, test.per_class())), "per_class_test_acc.json")
-        tracker.log_metrics_once(run_id, {
-            **sweep_accuracy(model, data.test_x, data.test_y, robustness, batch, amp),
-            **theta_stats(model, data.test_x, batch)})
+        tracker.log_metrics_once(run_id, {**robustness_sweeps(model, cfg, data, robustness, precision),
+                                          **theta_stats(model, data.test_x, batch)})
         tracker.log_model(run_id, model, data.test_x[:2])
     tracker.end_run(run_id, result.status, result.reason)
 
@@ -195,14 +201,18 @@ def _log_generation(tracker: Tracker, run_id: str, generation: dict) -> None:
                               "data_generation_seed": str(generation["seed"])})
 
 
-def _params(cfg: TrainConfig) -> dict:
-    """The config as MLflow params; a model without a transformer has no localization-net rate or transform family
-    to log."""
-    params = cfg.as_dict()
-    if not get_variant(cfg.variant).has_transformer:
-        params.pop("loc_lr_mult")
-        params.pop("transform")
-    return params
+def robustness_sweeps(model: nn.Module, cfg: TrainConfig, data: DataSplits, robustness: RobustnessConfig,
+           precision: str) -> dict[str, float]:
+    """The robustness sweeps' accuracies (`robust/*`) of a trained model: after training, and when a study reuses
+    a run whose sweeps were another study's."""
+    device = data.test_x.device
+    return sweep_accuracy(model, data.test_x, data.test_y, robustness, eval_batch_size(device, cfg.eval_batch_size),
+                          autocast_dtype(device, precision))
+
+
+def robustness_tag(robustness: RobustnessConfig) -> str:
+    """The sweeps a run was evaluated under, as its `robustness` tag: a study with other sweeps re-evaluates it."""
+    return json.dumps(dataclasses.asdict(robustness), sort_keys=True)
 
 
 def _ablation_tags(variant: str) -> dict[str, str]:

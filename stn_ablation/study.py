@@ -20,15 +20,18 @@ from optuna.trial import TrialState
 from stn_ablation.checkpoint import CheckpointError
 from stn_ablation.config import TrainConfig
 from stn_ablation.data import DataError, DataSplits, load_dataset, prepare
+from stn_ablation.device import autocast_dtype, precision_name
+from stn_ablation.identity import IDENTITY_TAG, run_identity
 from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
 from stn_ablation.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.registry import get_variant
-from stn_ablation.runner import TrackedRun, run_tracked
+from stn_ablation.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG
+from stn_ablation.runner import ROBUSTNESS_TAG, TrackedRun, robustness_sweeps, robustness_tag, run_tracked
 from stn_ablation.storage import StorageError, open_storage
 from stn_ablation.studyfile import StudySpec
-from stn_ablation.tracking import Tracker
+from stn_ablation.tracking import KEY_TAG, PARENT_TAG, Tracker
 from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,9 @@ class Worker:
             progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(label)} on {self.device}",
             tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
                   "cell": cell, "study_file_sha256": spec.file_sha256})
+        if spec.grid and self._reuse(trial, run):
+            checkpoint.unlink(missing_ok=True)
+            return
         with beat:
             try:
                 _, result = run_tracked(
@@ -181,6 +187,66 @@ class Worker:
         state = TrialState.COMPLETE if result.status == "finished" and value is not None else TrialState.FAIL
         self._end(trial, state, result.status, result.reason, value, test_acc=result.test_acc)
         checkpoint.unlink(missing_ok=True)
+
+    def _reuse(self, trial: optuna.Trial, run: TrackedRun) -> bool:
+        """Take the result of a finished run with the cell's identity (identity.py), from any study or version,
+        instead of training: the cell's own run if the store has it (imported, or finished by a worker that died
+        before telling Optuna), else a copy of another study's under this study's parent. False if there is none."""
+        data = self._splits(run.cfg)
+        identity = run_identity(run.cfg, data, self.device.type,
+                                precision_name(autocast_dtype(self.device, self.precision)))
+        found = self.tracker.find_finished(IDENTITY_TAG, identity)
+        own = [r for r in found if r.data.tags.get(KEY_TAG) == run.key and r.data.tags.get(PARENT_TAG) == self.parent]
+        if own:
+            record, run_id = self.tracker.read_run(own[0]), own[0].info.run_id
+            source = record["tags"].get(REUSED_TAG, run_id)
+        else:
+            for candidate in sorted(found, key=lambda r: REUSED_TAG in r.data.tags):  # originals first, newest first
+                copied = self._copy(candidate, run, data)
+                if copied is not None:
+                    record, run_id = copied
+                    source = candidate.info.run_id
+                    break
+            else:
+                return False
+        log.info("trial %d (%s): reused run %s, no training", trial.number, run.tags["cell"], source)
+        for step, value, _ in record["history"].get(self.spec.metric, []):
+            trial.report(value, step)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("reused_from", source)
+        self._end(trial, TrialState.COMPLETE, "finished", "", record["metrics"][f"final_{self.spec.metric}"],
+                  test_acc=record["metrics"].get("final_test_acc"))
+        return True
+
+    def _copy(self, source, run: TrackedRun, data: DataSplits) -> tuple[dict, str] | None:
+        """A child of this study's parent holding `source`'s result: its params, metrics and histories, dataset
+        inputs and last transformer picture, tagged with where it came from (the model stays in the source). A study
+        whose robustness sweeps differ re-evaluates the source's logged model; without one, None (the cell trains)."""
+        record = self.tracker.read_run(source)
+        sweeps_tag = robustness_tag(run.robustness)
+        sweeps = {}
+        if record["tags"].get(ROBUSTNESS_TAG) != sweeps_tag:
+            model = self.tracker.load_model(source.info.run_id)
+            if model is None:
+                return None
+            sweeps = robustness_sweeps(model.to(self.device), run.cfg, data, run.robustness, self.precision)
+            for values in (record["metrics"], record["history"]):
+                for key in [k for k in values if k.startswith("robust/")]:
+                    del values[key]
+        pictures = sorted(p for p in self.tracker.list_artifacts(source.info.run_id, "stn") if p.endswith(".png"))
+        files = {pictures[-1]: self.tracker.read_artifact(source.info.run_id, pictures[-1])} if pictures else {}
+        study = record["tags"].get("study", "train")
+        record["tags"] = {k: v for k, v in record["tags"].items() if k not in (IMPORTED_TAG, "mlflow.note.content")}
+        run_id = self.tracker.write_run(
+            self.experiment, {**record, "name": run.run_name}, files=files, parent_run_id=self.parent,
+            tags={**run.tags, KEY_TAG: run.key, REUSED_TAG: source.info.run_id, REUSED_STUDY_TAG: study,
+                  ROBUSTNESS_TAG: sweeps_tag,
+                  "mlflow.note.content": f"Reused: the result of run {source.info.run_id} of study {study}, which "
+                                         "trained the same config on the same data and numerics; its model is there."})
+        if sweeps:
+            self.tracker.log_metrics(run_id, sweeps)
+            record["metrics"].update(sweeps)
+        return record, run_id
 
     def _end(self, trial, state, status, reason, value, **attrs) -> None:
         trial.set_user_attr("status", status)
@@ -257,13 +323,13 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
     """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
     and, for each transformer against its twin (on each dataset of a study over several), the mean paired
     difference of final test accuracy in points with its 95% interval (the report's numbers, from the same code)."""
+    from stn_ablation.records import read_study
     from stn_ablation.report_tables import comparisons
-    from stn_ablation.results import load_study
 
     statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in trials]
     summary = {f"trials_{s}": float(statuses.count(s)) for s in ("finished", "diverged", "pruned", "failed")}
     try:
-        study = load_study(tracker, spec.name)
+        study = read_study(tracker, spec.name, pictures=False).study()
     except UsageError:  # runs in several precisions: the report says how to pick one
         return summary
     several = len(study.datasets) > 1
@@ -290,8 +356,8 @@ def cell_label(cfg: TrainConfig, dataset: bool = False) -> tuple[str, ...]:
 
 
 def summarize(study: optuna.Study, spec: StudySpec) -> str:
-    """One line per trial: cell, status, the study's metric (the Optuna value) and test accuracy; then counts by
-    status."""
+    """One line per trial: cell, status, the study's metric (the Optuna value), test accuracy and whether the cell
+    trained or reused a finished run (its id); then counts by status."""
     lines, counts = [], {}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         status = t.user_attrs.get("status", t.state.name.lower())
@@ -300,7 +366,9 @@ def summarize(study: optuna.Study, spec: StudySpec) -> str:
                                                        for k, v in t.params.items())
         value = f"{spec.metric} {t.value:.4f}" if t.value is not None and spec.metric != "test_acc" else ""
         test = f"test_acc {t.user_attrs['test_acc']:.4f}" if "test_acc" in t.user_attrs else ""
-        lines.append(f"  #{t.number:<3} {name:<48} {status:<9} {value:<15} {test}".rstrip())
+        how = f"reused {t.user_attrs['reused_from']}" if "reused_from" in t.user_attrs else \
+            "trained" if status in RESULT_STATUSES else ""
+        lines.append(f"  #{t.number:<3} {name:<48} {status:<9} {value:<15} {test:<16} {how}".rstrip())
     total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"study {spec.name} ({spec.storage_name}): {total}\n" + "\n".join(lines)
 

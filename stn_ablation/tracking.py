@@ -203,6 +203,16 @@ class Tracker:
                                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "stn-ablate"])
             self.client.log_artifacts(run_id, f"{tmp}/model", "model")
 
+    def load_model(self, run_id: str):
+        """The model `log_model` logged for the run, on the CPU; None when the run has none (or it cannot be read)."""
+        import mlflow.pytorch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return mlflow.pytorch.load_model(self.download_artifact(run_id, "model", tmp), map_location="cpu")
+            except (MlflowException, OSError):
+                return None
+
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, resumed: bool) -> Iterator[None]:
         """MLflow's CPU, memory (and GPU, where there is one) sampling while the block runs, as `system/*`
@@ -219,6 +229,80 @@ class Tracker:
             monitor.collect_metrics()  # a last sample, so a run shorter than the interval has one too
             monitor.publish_metrics(monitor.aggregate_metrics())
             monitor.mlflow_logger.flush()
+
+    def find_finished(self, tag: str, value: str) -> list:
+        """Every finished run of any active experiment whose tag `tag` is `value`, newest first."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        runs, token = [], None
+        while experiments:
+            page = self.client.search_runs(experiments, f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                                           order_by=["attributes.start_time DESC"], max_results=1000,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    def get_run(self, run_id: str):
+        """The run as MLflow has it, or None when the store has no such run (or it was deleted)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def read_run(self, run) -> dict[str, Any]:
+        """Run `run` (from `search_runs` or `get_run`) as plain data: what `write_run` needs to make it again. Every
+        metric's history ([step, value, timestamp] points), but for MLflow's system metrics, of which only the latest
+        value is kept: they describe the machine, not the result."""
+        history = {key: [[m.step, m.value, m.timestamp] for m in
+                         sorted(self.metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))]
+                   for key in sorted(run.data.metrics) if not key.startswith("system/")}
+        inputs = [{"name": d.dataset.name, "digest": d.dataset.digest, "source_type": d.dataset.source_type,
+                   "source": d.dataset.source, "profile": d.dataset.profile,
+                   "tags": {t.key: t.value for t in d.tags}} for d in run.inputs.dataset_inputs]
+        return {"store_id": run.info.run_id, "name": run.info.run_name or "", "status": run.info.status,
+                "start": run.info.start_time, "end": run.info.end_time, "tags": dict(sorted(run.data.tags.items())),
+                "params": dict(sorted(run.data.params.items())), "metrics": dict(sorted(run.data.metrics.items())),
+                "history": history, "inputs": inputs}
+
+    def write_run(self, experiment_id: str, record: dict[str, Any], *, tags: dict[str, str],
+                  files: dict[str, bytes], parent_run_id: str | None = None) -> str:
+        """Create a run from `read_run`'s data with `tags` on top, under `parent_run_id`, with its start and end
+        times, status, metric histories, dataset inputs and the artifact `files` (path -> bytes); its new id."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        all_tags = {k: v for k, v in record["tags"].items() if k != PARENT_TAG} | tags
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run_id = self.client.create_run(experiment_id, start_time=record["start"], run_name=record["name"],
+                                        tags=all_tags).info.run_id
+        params = [Param(k, v) for k, v in record["params"].items()]
+        for i in range(0, len(params), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=params[i:i + 100])
+        points = [Metric(k, v, t, s) for k, history in record["history"].items() for s, v, t in history]
+        points += [Metric(k, v, record["start"] or 0, 0) for k, v in record["metrics"].items()
+                   if k not in record["history"]]
+        for batch in _batches(points):
+            self.client.log_batch(run_id, metrics=batch)
+        if record["inputs"]:
+            self.client.log_inputs(run_id, [
+                DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], profile=d["profile"]),
+                             [InputTag(k, v) for k, v in d["tags"].items()]) for d in record["inputs"]])
+        with tempfile.TemporaryDirectory() as tmp:
+            for path, content in files.items():
+                local = Path(tmp, path)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(content)
+                self.client.log_artifact(run_id, str(local), str(Path(path).parent) if "/" in path else None)
+        self.client.set_terminated(run_id, record["status"], end_time=record["end"])
+        return run_id
+
+    def read_artifact(self, run_id: str, path: str) -> bytes:
+        """The bytes of artifact `path` of the run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.download_artifact(run_id, path, tmp)).read_bytes()
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -25,6 +25,7 @@ from scipy import stats as sps
 from stn_ablation import report, results
 from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
+from stn_ablation.records import read_study
 from stn_ablation.report_tables import Comparison
 from stn_ablation.stats import paired_t
 from stn_ablation.tracking import Tracker
@@ -95,6 +96,14 @@ def _child(tracker: Tracker, parent: str, study: str, cfg: TrainConfig, trial: i
     return run
 
 
+def load(tracker: Tracker, name: str, only: str | None = None) -> report.Study:
+    return read_study(tracker, name, pictures=False).study(only)
+
+
+def write(tracker: Tracker, name: str, out: Path, fmt: str) -> Path:
+    return report.write_report(read_study(tracker, name), out, fmt, tracker=tracker)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
@@ -129,13 +138,13 @@ def store(tmp_path_factory):
                                            (0.3, "pruned", 0.40), (0.05, "finished", 0.65))):
         _child(tracker, tune, "tunefab", base.with_overrides(lr=lr), i, status, acc, phase="tune")
     out = tmp / "out"
-    readme = report.write_report(tracker, "fab", out, "md")
+    readme = write(tracker, "fab", out, "md")
     return {"tracker": tracker, "tmp": tmp, "out": out, "readme": readme, "runs": runs, "parent": parent}
 
 
 @pytest.fixture(scope="module")
 def fab(store) -> report.Study:
-    return report.load_study(store["tracker"], "fab")
+    return load(store["tracker"], "fab")
 
 
 def test_main_table_means_and_intervals_match_a_hand_computation(fab, store):
@@ -243,7 +252,7 @@ def test_figures_are_valid_pngs_and_logged_to_the_parent(store):
 
 def test_report_is_byte_identical_when_written_twice(store):
     again = store["tmp"] / "again"
-    report.write_report(store["tracker"], "fab", again, "md")
+    write(store["tracker"], "fab", again, "md")
     first, second = sorted(store["out"].iterdir()), sorted(again.iterdir())
     assert [p.name for p in first] == [p.name for p in second]
     for a, b in zip(first, second):
@@ -255,7 +264,7 @@ def test_report_is_byte_identical_when_written_twice(store):
                                                  "table_robustness.csv", "table_theta.csv"])])
 def test_latex_and_csv_tables(store, fmt, files):
     out = store["tmp"] / fmt
-    report.write_report(store["tracker"], "fab", out, fmt)
+    write(store["tracker"], "fab", out, fmt)
     assert (out / "README.md").is_file()
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".tex", ".csv")) == files
     if fmt == "latex":
@@ -268,14 +277,14 @@ def test_latex_and_csv_tables(store, fmt, files):
 
 
 def test_one_seed_gives_no_interval_and_no_test(store):
-    text, _ = report.render(report.load_study(store["tracker"], "solo"), "md", {})
+    text, _ = report.render(load(store["tracker"], "solo"), "md", {})
     assert "n=1, no CI" in text
     assert "no test (n < 2)" in text and "no test is possible" in text
 
 
 def test_tuning_study_ranks_trials_and_warns_about_the_best(store):
-    text = report.write_report(store["tracker"], "tunefab", store["tmp"] / "tune", "md").read_text()
-    study = report.load_study(store["tracker"], "tunefab")
+    text = write(store["tracker"], "tunefab", store["tmp"] / "tune", "md").read_text()
+    study = load(store["tracker"], "tunefab")
     table = report.trials_table(study)
     assert [row["trial"] for row in table.data] == [1, 3, 0, 2]
     assert "lr" in table.headers and "seed" not in table.headers
@@ -286,7 +295,7 @@ def test_tuning_study_ranks_trials_and_warns_about_the_best(store):
 
 def test_unknown_study_is_a_usage_error(store):
     with pytest.raises(UsageError, match="stn-ablate run --study nope"):
-        report.write_report(store["tracker"], "nope", store["tmp"] / "nope", "md")
+        write(store["tracker"], "nope", store["tmp"] / "nope", "md")
 
 
 def test_best_trial_is_the_one_optuna_maximized(store):
@@ -301,7 +310,7 @@ def test_best_trial_is_the_one_optuna_maximized(store):
             Metric("val_acc", peak, 0, 1), Metric("val_acc", last, 0, 2), Metric("best_val_acc", peak, 0, 2),
             Metric("final_val_acc", last, 0, 2), Metric("final_test_acc", last, 0, 2)])
         tracker.end_run(run, "finished")
-    study = report.load_study(tracker, "peak")
+    study = load(tracker, "peak")
     assert [row["trial"] for row in report.trials_table(study).data] == [1, 0]
     text, _ = report.render(study, "md", {})
     assert "Trial 1 " in text and "65.00%" in text and "the value Optuna maximized" in text
@@ -316,11 +325,11 @@ def test_runs_of_different_precision_are_not_pooled(store):
                      "finished", 0.6)
         tracker.set_tags(run, {"precision": precision})
     with pytest.raises(UsageError) as error:
-        report.load_study(tracker, "mixed")
+        load(tracker, "mixed")
     message = str(error.value)
     assert "\n" not in message and "cpu/bfloat16: 1" in message and "cpu/float32: 1" in message
     assert "--numerics" in message
-    only = report.load_study(tracker, "mixed", only="cpu/float32")
+    only = load(tracker, "mixed", only="cpu/float32")
     assert [r.seed for r in only.runs] == [1] and only.runs[0].tags["precision"] == "float32"
 
 
@@ -328,9 +337,9 @@ def test_a_study_without_validation_split_says_how_its_best_epoch_was_chosen(sto
     tracker, base = store["tracker"], TrainConfig(epochs=3, val_size=0)
     parent = _parent(tracker, "noval", {"variant": "tutorial_cnn", "seed": "0"}, base, n_trials=1)
     _child(tracker, parent, "noval", base.with_overrides(variant="tutorial_cnn"), 0, "finished", 0.6, val=False)
-    text, _ = report.render(report.load_study(tracker, "noval"), "md", {})
+    text, _ = report.render(load(tracker, "noval"), "md", {})
     assert "best epoch is by training accuracy: these runs had no validation split" in text
-    fab, _ = report.render(report.load_study(tracker, "solo"), "md", {})
+    fab, _ = report.render(load(tracker, "solo"), "md", {})
     assert "best epoch is by validation accuracy." in fab
 
 
@@ -356,7 +365,7 @@ def test_each_transform_is_its_own_cell_paired_with_the_one_twin(store):
                 cfg = base.with_overrides(transform=family, seed=seed)
                 _child(tracker, parent, "families", cfg, trial, "finished", 0.6 + 0.05 * i + 0.01 * seed * i,
                        theta=theta[family])
-    study = report.load_study(tracker, "families")
+    study = load(tracker, "families")
     assert study.models == ["tutorial_stn/affine", "tutorial_stn/projective", "tutorial_stn/tps", "tutorial_cnn"]
     assert [(c.a, c.b) for c in report.comparisons(study)] == [
         ((f"tutorial_stn/{f}", "none"), ("tutorial_cnn", "none")) for f in families]
@@ -398,11 +407,11 @@ def test_a_dataset_not_yet_run_lists_its_cells_by_transform(store):
         for seed, acc in enumerate(PAPER_ACC["mnist_r", model]):
             cfg = base.with_overrides(dataset="mnist_r", variant=model.split("/")[0], seed=seed)
             _child(tracker, parent, "pieces", cfg, 3 * trial + seed, "finished", acc, val=False)
-    parts = dict(report.load_study(tracker, "pieces").per_dataset())
+    parts = dict(load(tracker, "pieces").per_dataset())
     assert report.issues_table(parts["mnist_r"]).rows == []
     missing = [(row["variant"], row["seed"], row["status"]) for row in report.issues_table(parts["mnist_p"]).data]
     assert missing == [(m, s, "missing") for m in ("paper_stn/affine", "paper_cnn") for s in (0, 1, 2)]
-    text, _ = report.render(report.load_study(tracker, "pieces"), "md", {})
+    text, _ = report.render(load(tracker, "pieces"), "md", {})
     not_run = text.split("## MNIST P (`mnist_p`)")[1]
     assert not_run.startswith("\n\n### What the transformer did\n\nNo run has finished yet.\n")
 
@@ -418,7 +427,7 @@ def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store
             cfg = base.with_overrides(dataset=dataset, variant=model.split("/")[0], seed=seed)
             _child(tracker, parent, "paperfab", cfg, 3 * trial + seed, "finished", acc, val=False,
                    extra_tags={"data_generation_version": "1", "data_generation_seed": "0"})
-    study = report.load_study(tracker, "paperfab")
+    study = load(tracker, "paperfab")
     assert study.datasets == ["mnist_r", "mnist_p"]
     parts = dict(study.per_dataset())
     assert [(cell, len(runs)) for cell, runs in parts["mnist_p"].cells()] == [
@@ -449,7 +458,7 @@ def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store
     assert "ours has the paper's sign in 1" in report.published_claim_sentence(found)
 
     out = tmp_path / "paperfab"
-    text = report.write_report(tracker, "paperfab", out, "csv").read_text()
+    text = write(tracker, "paperfab", out, "csv").read_text()
     config = next(line for line in text.splitlines() if line.startswith("| base config |"))
     assert "epochs=3" in config and "dataset=" not in config and "variant=" not in config  # the grid's axes
     assert ("MNIST R, MNIST P, generated by `stn_ablation/distorted.py` (version 1, seed 0; each run's "

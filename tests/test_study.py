@@ -14,6 +14,7 @@ import pytest
 
 from stn_ablation.cli import main
 from stn_ablation.paths import StateHome
+from stn_ablation.records import read_study
 from stn_ablation.study import cell_key, cell_label
 from stn_ablation.studyfile import StudyFileError, list_studies, load_study
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
@@ -306,7 +307,7 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     the test generates little), names it in its run, and the report and the parent's summary keep the datasets
     apart."""
     import stn_ablation.study as study_module
-    from stn_ablation import distorted, report
+    from stn_ablation import distorted
     from stn_ablation.tracking import Tracker
 
     requested = set()
@@ -330,7 +331,7 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
         assert run.data.tags["dataset"] == run.data.params["dataset"] == dataset
         assert ("data_generation_seed" in run.data.tags) == (dataset == "mnist_r")
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
-    loaded = report.load_study(tracker, "two_sets")
+    loaded = read_study(tracker, "two_sets").study()
     assert [(d, len(part.runs)) for d, part in loaded.per_dataset()] == [("mnist", 4), ("mnist_r", 4)]
     parent = tracker.client.get_run(loaded.parent_id)
     assert {k.rsplit("/", 1)[0] for k in parent.data.metrics if k.startswith("stn_effect_pts/")} == {
