@@ -147,7 +147,7 @@ def effects_table(found: list[Comparison], dataset: str | None = None) -> Table:
             continue
         d = c.test.diff
         rows.append([c.label, c.setting, str(c.test.n), _num(_x100(d.mean), "+.2f"),
-                     "—" if d.half_width is None else f"{100 * d.low:+.2f} to {100 * d.high:+.2f}",
+                     _interval(d, 100),
                      _p(c.test.p_value), _p(c.holm_p), _verdict(c)])
         data.append({"comparison": c.label, "setting": c.setting, "dataset": c.dataset, "n": c.test.n,
                      "seeds": " ".join(map(str, c.seeds)), "diff_mean": d.mean, "diff_ci_half_width": d.half_width,
@@ -203,7 +203,7 @@ def transformer_effects_table(found: list[Comparison], study: Study) -> Table:
         ours = -100 * d.mean if c.test.n else None
         rows.append([c.label, c.setting, dataset_name(c.dataset), str(c.test.n),
                      _num(ours, "+.2f"),
-                     "—" if d.half_width is None else f"{-100 * d.high:+.2f} to {-100 * d.low:+.2f}",
+                     _interval(d, -100),
                      _p(c.holm_p), _num(published, "+.1f"), _agreement(c, published)])
         data.append({"comparison": c.label, "setting": c.setting, "dataset": c.dataset, "n": c.test.n,
                      "error_diff_points": ours, "error_diff_ci_half_width": _x100(d.half_width),
@@ -346,9 +346,14 @@ def _agreement(c: Comparison, published: float | None) -> str:
             (False, True): "contradicts", (False, False): "opposite sign, not significant"}[same, significant]
 
 
+def _nan(c: Comparison) -> bool:
+    """Whether an accuracy of `c` is NaN (a run that logged one): its mean difference and p are NaN, not numbers."""
+    return c.test.n > 0 and math.isnan(c.test.diff.mean)
+
+
 def _verdict(c: Comparison) -> str:
     if not c.test.tested:
-        return "no test (n < 2)" if c.test.n < 2 else "no test (no spread)"
+        return f"no test ({'n < 2' if c.test.n < 2 else 'a NaN accuracy' if _nan(c) else 'no spread'})"
     return ("significant" if c.holm_p < ALPHA else "not significant") + (", underpowered" * c.test.underpowered)
 
 
@@ -359,6 +364,8 @@ def effect_sentence(c: Comparison) -> str:
     a, b = (c.a[0], c.b[0]) if same_aug else (AUG_WORDS.get(c.a[1], c.a[1]), AUG_WORDS["none"])
     where = f"with {AUG_WORDS.get(c.a[1], c.a[1])}" if same_aug else f"for {c.a[0]}"
     head = f"**{a} vs {b}, {where}** ({n} paired seed{'s' * (n != 1)})"
+    if _nan(c):
+        return f"{head}: an accuracy is NaN, so the difference is undefined and no test is possible."
     if not c.test.tested:
         why = "no test is possible" if n < 2 else "every seed gives the same difference: there is no spread to test"
         return f"{head}: {why}; run at least {UNDERPOWERED} seeds per cell before drawing any conclusion."
@@ -434,16 +441,26 @@ def _ci(e: Estimate) -> str:
     return f"±{100 * e.half_width:.2f} ({100 * e.low:.2f}–{100 * e.high:.2f})"
 
 
+def _interval(e: Estimate, scale: float) -> str:
+    """e's interval times `scale` (100: points; -100: points of error, so the ends swap), low to high; "—" where
+    there is none: n < 2, or NaN bounds from a NaN accuracy."""
+    if e.half_width is None or math.isnan(e.half_width):
+        return "—"
+    low, high = sorted((scale * e.low, scale * e.high))
+    return f"{low:+.2f} to {high:+.2f}"
+
+
 def _sd(e: Estimate) -> str:
     return f"{e.mean:.3f}" if e.sd is None else f"{e.mean:.3f} ± {e.sd:.3f}"
 
 
 def _p(p: float | None) -> str:
-    return "—" if p is None else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+    """A p-value; "—" where there is none, NaN included (untested: holm leaves a NaN p NaN)."""
+    return "—" if p is None or math.isnan(p) else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def _num(x: float | None, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
+    return "—" if x is None or math.isnan(x) else format(x, spec)
 
 
 def _param(value: str | None) -> str:

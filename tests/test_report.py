@@ -26,7 +26,7 @@ from stn_ablation import report, results
 from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
 from stn_ablation.report_tables import Comparison
-from stn_ablation.stats import paired_t
+from stn_ablation.stats import holm, paired_t
 from stn_ablation.tracking import Tracker
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -183,6 +183,20 @@ def test_a_comparison_whose_differences_only_round_apart_says_there_is_no_spread
                    paired_t([0.3, 0.4], [0.2, 0.3]))
     assert c.test.p_value is None
     assert "every seed gives the same difference: there is no spread to test" in report.effect_sentence(c)
+
+
+def test_a_nan_accuracy_is_no_test_and_leaves_the_other_tests_their_holm_p():
+    """A NaN accuracy makes p NaN: Holm skips it (m counts the other test alone, which keeps its p rather than 1)
+    and its row shows no number, no p and no verdict of significance."""
+    stn, cnn = [0.70, 0.72, 0.75], [0.66, 0.68, 0.70]
+    tests = [paired_t([math.nan, *stn[1:]], cnn), paired_t(stn, cnn)]
+    found = [Comparison("stn − cnn", f"aug {aug}", (STN, aug), ("tutorial_cnn", aug), [0, 1, 2], test, holm_p)
+             for aug, test, holm_p in zip(("none", "standard"), tests, holm([t.p_value for t in tests]))]
+    assert found[1].holm_p == pytest.approx(sps.ttest_rel(stn, cnn).pvalue) and found[1].holm_p < 0.05
+    table = report.effects_table(found)
+    assert table.rows[0][3:] == ["—", "—", "—", "—", "no test (a NaN accuracy)"]
+    assert table.rows[1][-1] == "significant, underpowered" and "the 1 tests of this report" in table.title
+    assert "an accuracy is NaN" in report.effect_sentence(found[0])
 
 
 def test_missing_failed_diverged_and_running_are_listed(fab, store):
