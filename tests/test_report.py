@@ -421,6 +421,29 @@ def test_a_dataset_not_yet_run_lists_its_cells_by_transform(store):
     assert not_run.startswith("\n\n### What the transformer did\n\nNo run has finished yet.\n")
 
 
+def test_a_difference_of_zero_has_no_sign_and_no_shared_seed_shows_no_number():
+    """Ours exactly 0 (seeds that cancel) neither agrees nor disagrees with the paper; a comparison whose cells
+    share no seed has no difference at all: it prints none (not +nan) and says why."""
+    cells, stn = (("paper_stn/affine", "none"), ("paper_cnn", "none")), [0.993, 0.992, 0.994]
+    tests = {"mnist_r": paired_t([0.99, 0.98, 0.985], [0.98, 0.99, 0.985]), "mnist_p": paired_t(stn, [0.988] * 3),
+             "mnist_e": paired_t([], [])}
+    adjusted = holm([t.p_value for t in tests.values()])
+    found = [Comparison("paper_stn/affine − paper_cnn", "aug none", *cells, [0, 1, 2] * (d != "mnist_e"), test,
+                        holm_p, d) for (d, test), holm_p in zip(tests.items(), adjusted)]
+    assert found[0].test.diff.mean == 0 and found[0].test.tested
+    study = results.Study("zero", "0", "p", {}, {}, None, [], [], [], [], {"dataset": list(tests)}, "grid")
+    effects = report.transformer_effects_table(found, study)
+    assert [row[-1] for row in effects.rows] == ["ours: no difference, no sign", "agrees", "no test"]
+    assert effects.rows[2][4:7] == ["—", "—", "—"]
+    claim = report.published_claim_sentence(found)
+    assert "ours has the paper's sign in 1," in claim and "In 1 ours is 0, which has no sign" in claim
+    assert report.sign_sentences(found, study)[0].endswith(
+        "it is 0 on MNIST R, which has no sign; the sign is the same on the others.")
+    row = report.effects_table(found, "mnist_e").rows[0]
+    assert row[3:5] == ["—", "—"] and row[-1] == "no test (no shared seed)" and "nan" not in " ".join(row)
+    assert "the two cells share no seed" in report.effect_sentence(found[2])
+
+
 def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store, tmp_path):
     """dataset as a grid axis: each dataset's cells, tests and figures are its own (never pooled), Holm corrects
     across the whole report, and the error table and transformer table set ours beside the STN paper's Table 1."""
