@@ -160,8 +160,9 @@ def _generated_data(study: Study, md: list[str]) -> None:
     if any(published_error(d, m, "none") is not None for d in generated for m in study.models):
         base = study.parent_params
         md += [f"The paper trained for {STN_PAPER_TRAINING}; these runs for {base.get('base.epochs', '?')} epochs at "
-               f"batch {base.get('base.batch_size', '?')}, the localization net at "
-               f"{base.get('base.loc_lr_mult', '?')}x the rate (the base config above).", ""]
+               f"batch {base.get('base.batch_size', '?')}, learning rate {base.get('base.lr', '?')} "
+               f"({base.get('base.schedule', '?')} schedule), the localization net at "
+               f"{base.get('base.loc_lr_mult', '?')}x that rate (the base config above).", ""]
 
 
 def _across(study: Study, found: list, md: list[str], add: Callable, show: Callable) -> None:

@@ -498,7 +498,9 @@ def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store
     data = text.split("## Generated data")[1].split("## Across datasets")[0]  # the sets and the choices made
     assert "- MNIST R: 28 x 28 canvas, rts family, rotation_deg [-90.0, 90.0]." in data
     assert "- P: the forward map is exact" in data and "- E: the offsets" not in data  # only this study's sets
-    assert "The paper trained for 150,000 iterations at batch 256" in data and "these runs for 3 epochs" in data
+    assert ("The paper trained for 150,000 iterations of SGD at batch 256, base learning rate 0.01 divided by 10 "
+            "every 50,000 iterations; these runs for 3 epochs at batch 128, learning rate 0.05 (onecycle schedule), "
+            "the localization net at 0.1x that rate") in data and "10x lower" not in data
     files = {p.name for p in out.iterdir()}
     assert {"fig_datasets.png", "fig_final_mnist_r.png", "fig_final_mnist_p.png", "table_error.csv",
             "table_transformer_by_dataset.csv", "table_main_mnist_r.csv", "table_effects_mnist_p.csv"} <= files
