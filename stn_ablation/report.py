@@ -131,8 +131,10 @@ def _transformer(study: Study, md: list[str], add: Callable, show: Callable) -> 
         md += ["These runs logged no transform statistics (`theta/*` metrics); the pictures below show what the "
                "transformers learned.", ""]
     else:
-        add(theta, "tx and ty are in normalized units (1.0 = half the image width); ‖θ−I‖ is the distance "
-                   "from the identity transform.")
+        tps = any(row.get("displacement_mean") is not None for row in theta.data)
+        add(theta, "tx and ty are in normalized units (1.0 = half the image width)"
+            + ("; for tps they are the control points' mean offset, not a translation" if tps else "")
+            + "; ‖θ−I‖ is the distance from the identity transform.")
         md += [f"- {theta_sentence(row, study.datasets[0])}" for row in theta.data] + [""]
     show("stn_")
 

@@ -408,7 +408,8 @@ def effect_sentence(c: Comparison) -> str:
 
 def theta_sentence(row: dict[str, Any], dataset: str) -> str:
     """What one row of the transform table means, in words, in its family's terms: scale and rotation where the
-    family has them, perspective for projective, control-point displacement for tps, and the shift for all."""
+    family has them, perspective for projective, control-point displacement and mean offset for tps, and the
+    shift of its view for the others."""
     half = IMAGE_SIZE.get(dataset, 32) / 2
     parts = []
     if (s := row.get("scale_mean")) is not None:
@@ -420,9 +421,12 @@ def theta_sentence(row: dict[str, Any], dataset: str) -> str:
     if (px := row.get("px_mean")) is not None:
         parts.append(f"tilts its view in perspective by ({px:+.3f}, {row['py_mean']:+.3f}) (x, y; 0 for an affine "
                      "map)")
-    if (moved := row.get("displacement_mean")) is not None:
-        parts.append(f"moves its control points by {moved * half:.1f} pixels on average")
-    parts.append(f"shifts its view by ({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)")
+    shift = f"({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)"
+    if (moved := row.get("displacement_mean")) is not None:  # tps: tx, ty are the control points' mean offset
+        parts += [f"moves its control points by {moved * half:.1f} pixels on average",
+                  f"offsets them by {shift} in the mean (a mean of offsets, not a translation of its view)"]
+    else:
+        parts.append(f"shifts its view by {shift}")
     dist = row["identity_dist_mean"]
     close = " It stays close to the identity: the transformer barely transforms." if dist < 0.05 else ""
     return (f"**{row['variant']}, {AUG_WORDS.get(row['aug'], row['aug'])}**: on average the transformer "

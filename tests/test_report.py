@@ -388,8 +388,12 @@ def test_each_transform_is_its_own_cell_paired_with_the_one_twin(store):
     assert "zooms in" in words["tutorial_stn/affine"] and "perspective" not in words["tutorial_stn/affine"]
     assert "perspective by (+0.020, -0.010)" in words["tutorial_stn/projective"]
     assert "control points by 1.6 pixels" in words["tutorial_stn/tps"] and "zoom" not in words["tutorial_stn/tps"]
+    # tps's tx, ty are its control points' mean offset: no shift of the view, as affine's and projective's are
+    assert "offsets them by (+0.3, +0.0) pixels (x, y) in the mean" in words["tutorial_stn/tps"]
+    assert "shifts its view" not in words["tutorial_stn/tps"] and "shifts its view" in words["tutorial_stn/affine"]
     text, _ = report.render(study, "md", {})
     assert "tutorial_stn/projective − tutorial_cnn" in text
+    assert "for tps they are the control points' mean offset, not a translation" in text
 
 
 def test_an_affine_only_study_keeps_the_affine_columns(fab):
