@@ -138,8 +138,10 @@ def _transformer(study: Study, md: list[str], add: Callable, show: Callable) -> 
         md += ["These runs logged no transform statistics (`theta/*` metrics); the pictures below show what the "
                "transformers learned.", ""]
     else:
-        add(theta, "tx and ty are in normalized units (1.0 = half the image width); ‖θ−I‖ is the distance "
-                   "from the identity transform.")
+        tps = any(row.get("displacement_mean") is not None for row in theta.data)
+        add(theta, "tx and ty are in normalized units (1.0 = half the image width)"
+            + ("; for tps they are the control points' mean offset, not a translation" if tps else "")
+            + "; ‖θ−I‖ is the distance from the identity transform.")
         md += [f"- {theta_sentence(row, study.datasets[0])}" for row in theta.data] + [""]
     show("stn_")
 
@@ -167,8 +169,9 @@ def _generated_data(study: Study, md: list[str]) -> None:
     if any(published_error(d, m, "none") is not None for d in generated for m in study.models):
         base = study.parent_params
         md += [f"The paper trained for {STN_PAPER_TRAINING}; these runs for {base.get('base.epochs', '?')} epochs at "
-               f"batch {base.get('base.batch_size', '?')}, the localization net at "
-               f"{base.get('base.loc_lr_mult', '?')}x the rate (the base config above).", ""]
+               f"batch {base.get('base.batch_size', '?')}, learning rate {base.get('base.lr', '?')} "
+               f"({base.get('base.schedule', '?')} schedule), the localization net at "
+               f"{base.get('base.loc_lr_mult', '?')}x that rate (the base config above).", ""]
 
 
 def _across(study: Study, found: list, md: list[str], add: Callable, show: Callable) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 from stn_ablation.config import SWEEP_KINDS
 from stn_ablation.published import PUBLISHED_ERROR, STN_PAPER, published_error
 from stn_ablation.results import Run, Study
-from stn_ablation.stats import ALPHA, LEVEL, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci, paired_t
+from stn_ablation.stats import (ALPHA, LEVEL, NO_SPREAD, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci,
+                                paired_t)
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "mnist_r": "MNIST R", "mnist_rts": "MNIST RTS",
                  "mnist_p": "MNIST P", "mnist_e": "MNIST E", "cifar10_rts": "CIFAR-10 RTS"}
@@ -147,7 +148,7 @@ def effects_table(found: list[Comparison], dataset: str | None = None) -> Table:
             continue
         d = c.test.diff
         rows.append([c.label, c.setting, str(c.test.n), _num(_x100(d.mean), "+.2f"),
-                     "—" if d.half_width is None else f"{100 * d.low:+.2f} to {100 * d.high:+.2f}",
+                     _interval(d, 100),
                      _p(c.test.p_value), _p(c.holm_p), _verdict(c)])
         data.append({"comparison": c.label, "setting": c.setting, "dataset": c.dataset, "n": c.test.n,
                      "seeds": " ".join(map(str, c.seeds)), "diff_mean": d.mean, "diff_ci_half_width": d.half_width,
@@ -203,7 +204,7 @@ def transformer_effects_table(found: list[Comparison], study: Study) -> Table:
         ours = -100 * d.mean if c.test.n else None
         rows.append([c.label, c.setting, dataset_name(c.dataset), str(c.test.n),
                      _num(ours, "+.2f"),
-                     "—" if d.half_width is None else f"{-100 * d.high:+.2f} to {-100 * d.low:+.2f}",
+                     _interval(d, -100),
                      _p(c.holm_p), _num(published, "+.1f"), _agreement(c, published)])
         data.append({"comparison": c.label, "setting": c.setting, "dataset": c.dataset, "n": c.test.n,
                      "error_diff_points": ours, "error_diff_ci_half_width": _x100(d.half_width),
@@ -220,13 +221,16 @@ def published_claim_sentence(found: list[Comparison]) -> str | None:
     cited = [(c, p) for c in found if c.of_transformer and (p := _published_difference(c)) is not None and p != 0]
     if not cited:
         return None
-    same = [c for c, p in cited if c.test.n and (c.test.diff.mean < 0) == (p > 0)]
+    same = [c for c, p in cited if _sign(-c.test.diff.mean) == _sign(p)]
     agree = [c for c in same if c.test.tested and c.holm_p < ALPHA]
-    against = [c for c, p in cited if c not in same and c.test.tested and c.holm_p < ALPHA]
+    against = [c for c, p in cited if _sign(-c.test.diff.mean) == -_sign(p) and c.test.tested and c.holm_p < ALPHA]
+    zero = [c for c, _ in cited if _sign(c.test.diff.mean) == 0]
     n = max(c.test.n for c, _ in cited)
     text = (f"Of the {len(cited)} transformer-vs-twin comparisons the paper also reports, ours has the paper's "
             f"sign in {len(same)}, significantly (Holm p < {ALPHA}) in {len(agree)}; {len(against)} "
             f"significantly contradict{'s' * (len(against) == 1)} it.")
+    if zero:
+        text += f" In {len(zero)} ours is 0, which has no sign: it neither agrees nor disagrees."
     if n < UNDERPOWERED:
         text += (f" With {n} seeds per cell (fewer than {UNDERPOWERED}) a difference of a few tenths of a point "
                  "is rarely significant: a same-sign, not significant row is not evidence against the paper.")
@@ -239,15 +243,18 @@ def sign_sentences(found: list[Comparison], study: Study) -> list[str]:
     sentences = []
     for label, setting in dict.fromkeys((c.label, c.setting) for c in found if c.of_transformer):
         on = [c for d in study.datasets for c in found
-              if (c.label, c.setting, c.dataset) == (label, setting, d) and c.test.n]
+              if (c.label, c.setting, c.dataset) == (label, setting, d) and _sign(c.test.diff.mean) is not None]
         if len(on) < 2:
             continue
-        signs = {c.test.diff.mean > 0 for c in on if c.test.tested and c.holm_p < ALPHA}
+        signs = {_sign(c.test.diff.mean) for c in on if c.test.tested and c.holm_p < ALPHA}
+        points = {_sign(c.test.diff.mean) for c in on}
         each = ", ".join(f"{-100 * c.test.diff.mean:+.2f} on {dataset_name(c.dataset)}"
                          + (" (significant)" if c.test.tested and c.holm_p < ALPHA else "") for c in on)
+        zero = ", ".join(dataset_name(c.dataset) for c in on if _sign(c.test.diff.mean) == 0)
         verdict = ("the sign changes, significantly on both sides" if len(signs) == 2 else
-                   "the point estimates change sign" if len({c.test.diff.mean > 0 for c in on}) == 2 else
-                   "the sign is the same on every dataset")
+                   "the point estimates change sign" if {-1, 1} <= points else
+                   "the sign is the same on every dataset" if not zero else
+                   f"it is 0 on {zero}, which has no sign" + ("; the sign is the same on the others" * (points != {0})))
         sentences.append(f"**{label}, {setting}**: error difference in points {each}: {verdict}.")
     return sentences
 
@@ -333,22 +340,39 @@ def _published_difference(c: Comparison) -> float | None:
     return None if a is None or b is None else round(a - b, 6)
 
 
+def _sign(x: float) -> int | None:
+    """+1, -1, or 0 within float rounding of zero (NO_SPREAD: one test image is 1e-4 of an accuracy); None for NaN
+    (no shared seed, or a NaN accuracy). Zero has no sign: it neither agrees nor disagrees with a published one."""
+    if math.isnan(x):
+        return None
+    return 0 if abs(x) <= NO_SPREAD else 1 if x > 0 else -1
+
+
 def _agreement(c: Comparison, published: float | None) -> str:
     if published is None:
         return "—"
     if not c.test.tested:
         return "no test"
-    same = (c.test.diff.mean < 0) == (published > 0) if published != 0 else None
     significant = c.holm_p < ALPHA
-    if same is None:
+    if published == 0:
         return "paper: no difference" + (", ours differs" if significant else "")
+    if _sign(c.test.diff.mean) == 0:
+        return "ours: no difference, no sign"
+    same = _sign(-c.test.diff.mean) == _sign(published)
     return {(True, True): "agrees", (True, False): "same sign, not significant",
             (False, True): "contradicts", (False, False): "opposite sign, not significant"}[same, significant]
 
 
+def _nan(c: Comparison) -> bool:
+    """Whether an accuracy of `c` is NaN (a run that logged one): its mean difference and p are NaN, not numbers."""
+    return c.test.n > 0 and math.isnan(c.test.diff.mean)
+
+
 def _verdict(c: Comparison) -> str:
     if not c.test.tested:
-        return "no test (n < 2)" if c.test.n < 2 else "no test (no spread)"
+        n = c.test.n
+        why = "no shared seed" if n == 0 else "n < 2" if n < 2 else "a NaN accuracy" if _nan(c) else "no spread"
+        return f"no test ({why})"
     return ("significant" if c.holm_p < ALPHA else "not significant") + (", underpowered" * c.test.underpowered)
 
 
@@ -359,8 +383,11 @@ def effect_sentence(c: Comparison) -> str:
     a, b = (c.a[0], c.b[0]) if same_aug else (AUG_WORDS.get(c.a[1], c.a[1]), AUG_WORDS["none"])
     where = f"with {AUG_WORDS.get(c.a[1], c.a[1])}" if same_aug else f"for {c.a[0]}"
     head = f"**{a} vs {b}, {where}** ({n} paired seed{'s' * (n != 1)})"
+    if _nan(c):
+        return f"{head}: an accuracy is NaN, so the difference is undefined and no test is possible."
     if not c.test.tested:
-        why = "no test is possible" if n < 2 else "every seed gives the same difference: there is no spread to test"
+        why = ("the two cells share no seed, so no test is possible" if n == 0 else "no test is possible" if n < 2
+               else "every seed gives the same difference: there is no spread to test")
         return f"{head}: {why}; run at least {UNDERPOWERED} seeds per cell before drawing any conclusion."
     effect = (f"{100 * d.mean:+.2f} points ({LEVEL:.0%} CI {100 * d.low:+.2f} to {100 * d.high:+.2f}, "
               f"Holm p = {_p(c.holm_p)})")
@@ -381,7 +408,8 @@ def effect_sentence(c: Comparison) -> str:
 
 def theta_sentence(row: dict[str, Any], dataset: str) -> str:
     """What one row of the transform table means, in words, in its family's terms: scale and rotation where the
-    family has them, perspective for projective, control-point displacement for tps, and the shift for all."""
+    family has them, perspective for projective, control-point displacement and mean offset for tps, and the
+    shift of its view for the others."""
     half = IMAGE_SIZE.get(dataset, 32) / 2
     parts = []
     if (s := row.get("scale_mean")) is not None:
@@ -393,9 +421,12 @@ def theta_sentence(row: dict[str, Any], dataset: str) -> str:
     if (px := row.get("px_mean")) is not None:
         parts.append(f"tilts its view in perspective by ({px:+.3f}, {row['py_mean']:+.3f}) (x, y; 0 for an affine "
                      "map)")
-    if (moved := row.get("displacement_mean")) is not None:
-        parts.append(f"moves its control points by {moved * half:.1f} pixels on average")
-    parts.append(f"shifts its view by ({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)")
+    shift = f"({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)"
+    if (moved := row.get("displacement_mean")) is not None:  # tps: tx, ty are the control points' mean offset
+        parts += [f"moves its control points by {moved * half:.1f} pixels on average",
+                  f"offsets them by {shift} in the mean (a mean of offsets, not a translation of its view)"]
+    else:
+        parts.append(f"shifts its view by {shift}")
     dist = row["identity_dist_mean"]
     close = " It stays close to the identity: the transformer barely transforms." if dist < 0.05 else ""
     return (f"**{row['variant']}, {AUG_WORDS.get(row['aug'], row['aug'])}**: on average the transformer "
@@ -434,16 +465,26 @@ def _ci(e: Estimate) -> str:
     return f"±{100 * e.half_width:.2f} ({100 * e.low:.2f}–{100 * e.high:.2f})"
 
 
+def _interval(e: Estimate, scale: float) -> str:
+    """e's interval times `scale` (100: points; -100: points of error, so the ends swap), low to high; "—" where
+    there is none: n < 2, or NaN bounds from a NaN accuracy."""
+    if e.half_width is None or math.isnan(e.half_width):
+        return "—"
+    low, high = sorted((scale * e.low, scale * e.high))
+    return f"{low:+.2f} to {high:+.2f}"
+
+
 def _sd(e: Estimate) -> str:
     return f"{e.mean:.3f}" if e.sd is None else f"{e.mean:.3f} ± {e.sd:.3f}"
 
 
 def _p(p: float | None) -> str:
-    return "—" if p is None else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+    """A p-value; "—" where there is none, NaN included (untested: holm leaves a NaN p NaN)."""
+    return "—" if p is None or math.isnan(p) else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def _num(x: float | None, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
+    return "—" if x is None or math.isnan(x) else format(x, spec)
 
 
 def _param(value: str | None) -> str:

@@ -58,7 +58,7 @@ class PairedTest:
 
     `p_value` is None when no test is possible: fewer than two pairs, or differences without spread beyond float
     rounding (see NO_SPREAD: then the t statistic is 0/0, infinite or rounding noise, nothing a reader should
-    trust)."""
+    trust). It is NaN where an accuracy is NaN: that pair is untestable too, so `tested` is false for it."""
 
     n: int
     diff: Estimate
@@ -66,7 +66,7 @@ class PairedTest:
 
     @property
     def tested(self) -> bool:
-        return self.p_value is not None
+        return self.p_value is not None and math.isfinite(self.p_value)
 
     @property
     def underpowered(self) -> bool:
@@ -89,12 +89,14 @@ def paired_t(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Pa
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm-Bonferroni adjusted p-values, in the input order; None entries (no test) are skipped and not counted.
+    So are non-finite ones (a NaN accuracy gives p = NaN): adjusted NaN, as sorting one in would make
+    min(1, NaN) = 1 the running maximum and every later test not significant.
 
     With m tests sorted p_(1) <= ... <= p_(m): adjusted p_(i) = max over j <= i of min(1, (m - j + 1) * p_(j)).
     Rejecting where adjusted p < ALPHA keeps the chance of any false positive in the report below ALPHA."""
-    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p))
     m = len(tested)
-    adjusted: list[float | None] = [None] * len(p_values)
+    adjusted: list[float | None] = [None if p is None else math.nan for p in p_values]
     running = 0.0
     for rank, (p, i) in enumerate(tested):
         running = max(running, min(1.0, (m - rank) * p))

@@ -171,8 +171,9 @@ def tps_grid(p: torch.Tensor, size: Size) -> torch.Tensor:
 
 
 def describe_tps(p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean control-point displacement (normalized units), the mean offset (the spline's translation, tx and ty)
-    and the distance of all offsets from the identity (zero)."""
+    """Mean control-point displacement (normalized units), the control points' mean offset as tx and ty, and the
+    distance of all offsets from the identity (zero). tx and ty are not the spline's translation: the shift of its
+    affine part differs from the mean offset wherever the spline bends (its bending term does not average out)."""
     offsets = p.view(-1, TPS_SIDE ** 2, 2)
     mean = offsets.mean(1)  # B x 2
     return {"displacement": offsets.norm(dim=2).mean(1), "tx": mean[:, 0], "ty": mean[:, 1],

@@ -27,7 +27,7 @@ from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
 from stn_ablation.records import read_study
 from stn_ablation.report_tables import Comparison
-from stn_ablation.stats import paired_t
+from stn_ablation.stats import holm, paired_t
 from stn_ablation.tracking import Tracker
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -192,6 +192,20 @@ def test_a_comparison_whose_differences_only_round_apart_says_there_is_no_spread
                    paired_t([0.3, 0.4], [0.2, 0.3]))
     assert c.test.p_value is None
     assert "every seed gives the same difference: there is no spread to test" in report.effect_sentence(c)
+
+
+def test_a_nan_accuracy_is_no_test_and_leaves_the_other_tests_their_holm_p():
+    """A NaN accuracy makes p NaN: Holm skips it (m counts the other test alone, which keeps its p rather than 1)
+    and its row shows no number, no p and no verdict of significance."""
+    stn, cnn = [0.70, 0.72, 0.75], [0.66, 0.68, 0.70]
+    tests = [paired_t([math.nan, *stn[1:]], cnn), paired_t(stn, cnn)]
+    found = [Comparison("stn − cnn", f"aug {aug}", (STN, aug), ("tutorial_cnn", aug), [0, 1, 2], test, holm_p)
+             for aug, test, holm_p in zip(("none", "standard"), tests, holm([t.p_value for t in tests]))]
+    assert found[1].holm_p == pytest.approx(sps.ttest_rel(stn, cnn).pvalue) and found[1].holm_p < 0.05
+    table = report.effects_table(found)
+    assert table.rows[0][3:] == ["—", "—", "—", "—", "no test (a NaN accuracy)"]
+    assert table.rows[1][-1] == "significant, underpowered" and "the 1 tests of this report" in table.title
+    assert "an accuracy is NaN" in report.effect_sentence(found[0])
 
 
 def test_missing_failed_diverged_and_running_are_listed(fab, store):
@@ -383,8 +397,12 @@ def test_each_transform_is_its_own_cell_paired_with_the_one_twin(store):
     assert "zooms in" in words["tutorial_stn/affine"] and "perspective" not in words["tutorial_stn/affine"]
     assert "perspective by (+0.020, -0.010)" in words["tutorial_stn/projective"]
     assert "control points by 1.6 pixels" in words["tutorial_stn/tps"] and "zoom" not in words["tutorial_stn/tps"]
+    # tps's tx, ty are its control points' mean offset: no shift of the view, as affine's and projective's are
+    assert "offsets them by (+0.3, +0.0) pixels (x, y) in the mean" in words["tutorial_stn/tps"]
+    assert "shifts its view" not in words["tutorial_stn/tps"] and "shifts its view" in words["tutorial_stn/affine"]
     text, _ = report.render(study, "md", {})
     assert "tutorial_stn/projective − tutorial_cnn" in text
+    assert "for tps they are the control points' mean offset, not a translation" in text
 
 
 def test_an_affine_only_study_keeps_the_affine_columns(fab):
@@ -414,6 +432,29 @@ def test_a_dataset_not_yet_run_lists_its_cells_by_transform(store):
     text, _ = report.render(load(tracker, "pieces"), "md", {})
     not_run = text.split("## MNIST P (`mnist_p`)")[1]
     assert not_run.startswith("\n\n### What the transformer did\n\nNo run has finished yet.\n")
+
+
+def test_a_difference_of_zero_has_no_sign_and_no_shared_seed_shows_no_number():
+    """Ours exactly 0 (seeds that cancel) neither agrees nor disagrees with the paper; a comparison whose cells
+    share no seed has no difference at all: it prints none (not +nan) and says why."""
+    cells, stn = (("paper_stn/affine", "none"), ("paper_cnn", "none")), [0.993, 0.992, 0.994]
+    tests = {"mnist_r": paired_t([0.99, 0.98, 0.985], [0.98, 0.99, 0.985]), "mnist_p": paired_t(stn, [0.988] * 3),
+             "mnist_e": paired_t([], [])}
+    adjusted = holm([t.p_value for t in tests.values()])
+    found = [Comparison("paper_stn/affine − paper_cnn", "aug none", *cells, [0, 1, 2] * (d != "mnist_e"), test,
+                        holm_p, d) for (d, test), holm_p in zip(tests.items(), adjusted)]
+    assert found[0].test.diff.mean == 0 and found[0].test.tested
+    study = results.Study("zero", "0", "p", {}, {}, None, [], [], [], [], {"dataset": list(tests)}, "grid")
+    effects = report.transformer_effects_table(found, study)
+    assert [row[-1] for row in effects.rows] == ["ours: no difference, no sign", "agrees", "no test"]
+    assert effects.rows[2][4:7] == ["—", "—", "—"]
+    claim = report.published_claim_sentence(found)
+    assert "ours has the paper's sign in 1," in claim and "In 1 ours is 0, which has no sign" in claim
+    assert report.sign_sentences(found, study)[0].endswith(
+        "it is 0 on MNIST R, which has no sign; the sign is the same on the others.")
+    row = report.effects_table(found, "mnist_e").rows[0]
+    assert row[3:5] == ["—", "—"] and row[-1] == "no test (no shared seed)" and "nan" not in " ".join(row)
+    assert "the two cells share no seed" in report.effect_sentence(found[2])
 
 
 def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store, tmp_path):
@@ -470,7 +511,9 @@ def test_a_study_over_datasets_reports_each_and_sets_ours_beside_the_paper(store
     data = text.split("## Generated data")[1].split("## Across datasets")[0]  # the sets and the choices made
     assert "- MNIST R: 28 x 28 canvas, rts family, rotation_deg [-90.0, 90.0]." in data
     assert "- P: the forward map is exact" in data and "- E: the offsets" not in data  # only this study's sets
-    assert "The paper trained for 150,000 iterations at batch 256" in data and "these runs for 3 epochs" in data
+    assert ("The paper trained for 150,000 iterations of SGD at batch 256, base learning rate 0.01 divided by 10 "
+            "every 50,000 iterations; these runs for 3 epochs at batch 128, learning rate 0.05 (onecycle schedule), "
+            "the localization net at 0.1x that rate") in data and "10x lower" not in data
     files = {p.name for p in out.iterdir()}
     assert {"fig_datasets.png", "fig_final_mnist_r.png", "fig_final_mnist_p.png", "table_error.csv",
             "table_transformer_by_dataset.csv", "table_main_mnist_r.csv", "table_effects_mnist_p.csv"} <= files

@@ -73,3 +73,15 @@ def test_holm_caps_at_one_and_keeps_order():
     assert holm([0.9, 0.6]) == pytest.approx([1.0, 1.0])
     assert holm([]) == [] and holm([None]) == [None]
     assert holm([0.02]) == pytest.approx([0.02])
+
+
+def test_holm_skips_a_nan_p_value_and_counts_only_the_finite_ones():
+    """A NaN accuracy makes paired_t's p NaN: untestable, so it neither counts in m nor caps the later tests at 1."""
+    got = holm([math.nan, 0.001, 0.002, 0.01, None])
+    assert math.isnan(got[0]) and got[4] is None
+    assert got[1:4] == pytest.approx([3 * 0.001, 2 * 0.002, 0.01])
+
+
+def test_paired_t_with_a_nan_accuracy_is_not_a_test():
+    test = paired_t([math.nan, 0.5, 0.6], [0.4, 0.45, 0.5])
+    assert math.isnan(test.p_value) and not test.tested
