@@ -65,6 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--loc-lr-mult", type=float,
                    help="localization-net learning rate as a multiple of --lr (default 0.1)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--frozen", help="a <twin>+frozen variant's fixed transform, e.g. attention:1.63,0,0")
 
     p = sub.add_parser("run", parents=[common, training], help="run (or resume) a study: its trials as MLflow runs")
     p.add_argument("--study", required=True, help="a name from `stn-ablate list` or a path to a .toml file")
@@ -136,10 +137,12 @@ def cmd_list(args: argparse.Namespace) -> None:
     from stn_ablation.studyfile import list_studies, load_study
     from stn_ablation.transforms import FAMILIES
 
-    print(f"{'variant':<14} {'params':>8}  description")
-    for name in list_variants():
+    names = list_variants()
+    width = max(map(len, names))
+    print(f"{'variant':<{width}} {'params':>8}  description")
+    for name in names:
         n = sum(p.numel() for p in create_model(name).parameters())
-        print(f"{name:<14} {n:>8,}  {get_variant(name).description}")
+        print(f"{name:<{width}} {n:>8,}  {get_variant(name).description}")
     print(f"\n{'transform':<14} {'params':>8}  what an STN's localization net regresses: `transform` in a study's "
           "[train] or [grid]")
     for family in FAMILIES.values():
@@ -310,7 +313,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"--distort means --aug affine; drop one of --distort and --aug {args.aug}")
     cfg = TrainConfig().with_overrides(
         variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs,
-        seed=args.seed, lr=args.lr, loc_lr_mult=args.loc_lr_mult, batch_size=args.batch_size, subset=args.subset)
+        seed=args.seed, lr=args.lr, loc_lr_mult=args.loc_lr_mult, batch_size=args.batch_size, subset=args.subset,
+        frozen=args.frozen)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)

@@ -50,6 +50,8 @@ class TrainConfig:
     subset: int | None = None  # train on the first N images of a seeded shuffle of the training split; None = all
     val_size: int = 5000  # images held out of the training set for validation (split seed fixed, see data.py)
     eval_batch_size: int = 256  # images per evaluation forward pass (larger is slower on a CPU, fine on a GPU)
+    frozen: str = ""  # a `<twin>+frozen` variant's fixed transform: "<family>:<p1>,<p2>,..." (e.g. attention:1.63,0,0)
+    # or "learned" (a study sets it to the mean learned zoom and shift of its finished STN runs of the same cell)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ConfigError("label_smoothing and warmup must lie in [0, 1)")
         if self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
+        if self.frozen not in ("", FROZEN_LEARNED):
+            frozen_transform(self.frozen)
 
     def with_overrides(self, **overrides: Any) -> "TrainConfig":
         """A copy with `overrides` applied; None values are ignored (an unset flag), unknown keys are an error."""
@@ -86,11 +90,30 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, but `frozen` only where set: configs from before it keep their digests (and run keys)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "frozen" or v}
 
     def digest(self) -> str:
         """Short hash of the config: a checkpoint is only resumed by a run with the same one."""
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+FROZEN_LEARNED = "learned"
+
+
+def frozen_transform(spec: str) -> tuple[str, tuple[float, ...]]:
+    """(family, parameters) of a frozen transform "<family>:<p1>,<p2>,..."; ConfigError naming the form."""
+    from stn_ablation.transforms import FAMILIES
+
+    name, _, numbers = spec.partition(":")
+    try:
+        params = tuple(float(v) for v in numbers.split(","))
+    except ValueError:
+        params = ()
+    if name not in FAMILIES or len(params) != FAMILIES[name].n_params:
+        raise ConfigError(f"frozen must be \"learned\" or <family>:<parameters>, e.g. attention:1.63,0,0 (a family "
+                          f"of {', '.join(FAMILIES)} with its number of parameters), got {spec!r}")
+    return name, params
 
 
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "int | None": (int, type(None))}

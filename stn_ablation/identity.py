@@ -21,11 +21,15 @@ NUMERICS_TAG = "numerics_version"
 
 def training_params(cfg: TrainConfig) -> dict:
     """The config as it applies to its variant: a model without a transformer has no localization-net rate and no
-    transform family, so its runs are the same whatever a study set them to."""
+    transform family, and only a frozen control has a fixed transform, so their runs are the same whatever a study
+    set those to."""
     params = cfg.as_dict()
-    if not get_variant(cfg.variant).has_transformer:
+    variant = get_variant(cfg.variant)
+    if not variant.has_transformer:
         params.pop("loc_lr_mult")
         params.pop("transform")
+    if not variant.controls:
+        params.pop("frozen", None)
     return params
 
 

@@ -19,6 +19,7 @@ class Variant:
     factory: Callable[..., nn.Module]
     description: str
     twin: str | None  # for an STN variant: the variant with the same classifier and no transformer
+    controls: str | None = None  # for a `<twin>+frozen` control: the STN variant whose transform it holds fixed
 
     @property
     def has_transformer(self) -> bool:
@@ -74,6 +75,31 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return get_variant(name).factory(**{k: v for k, v in kwargs.items() if v is not None})
 
 
+FROZEN_SUFFIX = "+frozen"
+
+
 def _load_variants() -> None:
-    """Import the variant modules, whose decorators fill the registry; deferred so `import registry` stays cheap."""
+    """Import the variant modules, whose decorators fill the registry, then derive each STN's frozen-transform
+    control; deferred so `import registry` stays cheap."""
     import stn_ablation.variants  # noqa: F401
+
+    for stn in [v for v in _VARIANTS.values() if v.has_transformer]:
+        name = stn.twin + FROZEN_SUFFIX
+        if name not in _VARIANTS:
+            _VARIANTS[name] = Variant(name, _frozen_factory(_VARIANTS[stn.twin].factory),
+                                      f"{stn.twin} behind a fixed, non-learned transform (config `frozen`): the "
+                                      f"control of {stn.name}", None, controls=stn.name)
+
+
+def _frozen_factory(twin: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The factory of a twin's frozen control: the twin built first, so with the same seed its classifier is the
+    twin's bit for bit, then a FixedTransform in front (the identity unless `frozen` names one)."""
+
+    def build(in_shape=None, num_classes=None, frozen: str = "affine:1,0,0,0,1,0") -> nn.Module:
+        from stn_ablation.config import frozen_transform
+        from stn_ablation.variants.blocks import FixedTransform
+
+        model = twin(**{k: v for k, v in (("in_shape", in_shape), ("num_classes", num_classes)) if v is not None})
+        model.stn = FixedTransform(*frozen_transform(frozen))
+        return model
+    return build

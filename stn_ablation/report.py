@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 from stn_ablation.errors import UsageError
 from stn_ablation.published import STN_PAPER_TRAINING, published_error
-from stn_ablation.report_tables import (Table, best_config_table, best_trial_sentence, comparisons, dataset_name,
-                                        effect_sentence, effects_table, error_table, issues_table, main_table,
-                                        objective, published_claim_sentence, robustness_table, sign_sentences,
-                                        theta_sentence, theta_table, transformer_effects_table, trials_table)
 from stn_ablation.records import FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, StudyRecords, write_file
+from stn_ablation.report_tables import (Table, best_config_table, best_trial_sentence, comparisons, control_sentence,
+                                        dataset_name, effect_sentence, effects_table, error_table, frozen_sentences,
+                                        issues_table, main_table, objective, published_claim_sentence,
+                                        robustness_table, sign_sentences, theta_sentence, theta_table,
+                                        transformer_effects_table, trials_table)
 from stn_ablation.results import Study
 from stn_ablation.stats import ALPHA, UNDERPOWERED
 
@@ -143,6 +144,9 @@ def _transformer(study: Study, md: list[str], add: Callable, show: Callable) -> 
             + ("; for tps they are the control points' mean offset, not a translation" if tps else "")
             + "; ‖θ−I‖ is the distance from the identity transform.")
         md += [f"- {theta_sentence(row, study.datasets[0])}" for row in theta.data] + [""]
+    if frozen := frozen_sentences(study):
+        md += ["The frozen controls trained behind one fixed transform each (family: parameters), held for every "
+               "image and never learned:", "", *(f"- {line}" for line in frozen), ""]
     show("stn_")
 
 
@@ -227,7 +231,9 @@ def _grid(study: Study, found: list, md: list[str], add: Callable, show: Callabl
     if found_here:
         add(effects_table(found, dataset),
             f"Significant: Holm-corrected p < {ALPHA}. Underpowered: fewer than {UNDERPOWERED} paired seeds.")
-        md += [f"- {effect_sentence(c)}" for c in found_here] + [""]
+        md += [f"- {effect_sentence(c)}" for c in found_here]
+        md += [f"- {said}" for c in found_here if c.control == "frozen" and (said := control_sentence(found, c))]
+        md += [""]
     else:
         md += ["No two cells to compare (an STN and its twin, or an augmentation and none, with finished runs).", ""]
     md += [f"{level} Robustness", ""]

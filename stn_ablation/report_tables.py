@@ -63,11 +63,12 @@ class Comparison:
     test: PairedTest
     holm_p: float | None = None
     dataset: str = ""
+    control: str = "twin"  # what `b` is: the STN's twin, its frozen-transform control, or (aug) no augmentation
 
     @property
     def of_transformer(self) -> bool:
-        """An STN against its twin (rather than an augmentation against none)."""
-        return self.a[0] != self.b[0]
+        """An STN against its twin (rather than against its frozen control, or an augmentation against none)."""
+        return self.control == "twin"
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
@@ -119,22 +120,26 @@ def comparisons(study: Study) -> list[Comparison]:
     for dataset, part in study.per_dataset():
         cells = dict(part.cells())
 
-        def pair(label: str, setting: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+        def pair(label: str, setting: str, a: tuple[str, str], b: tuple[str, str], control: str) -> None:
             if a in cells and b in cells:
                 acc_a, acc_b = ({r.seed: r.metrics["final_test_acc"] for r in cells[c]} for c in (a, b))
                 seeds = sorted(set(acc_a) & set(acc_b))
                 found.append(Comparison(label, setting, a, b, seeds,
                                         paired_t([acc_a[s] for s in seeds], [acc_b[s] for s in seeds]),
-                                        dataset=dataset))
+                                        dataset=dataset, control=control))
 
         for model in part.models:
             twin = next((r.tags.get("twin") for r in part.runs if r.model == model and r.stn), None)
+            frozen = next((r.model for r in part.runs if twin and r.tags.get("frozen_of") == model.split("/")[0]),
+                          None)
             for aug in part.augs if twin else ():
-                pair(f"{model} − {twin}", f"aug {aug}", (model, aug), (twin, aug))
+                pair(f"{model} − {twin}", f"aug {aug}", (model, aug), (twin, aug), "twin")
+                if frozen:
+                    pair(f"{model} − {frozen}", f"aug {aug}", (model, aug), (frozen, aug), "frozen")
         for model in part.models:
             for aug in part.augs:
                 if aug != "none":
-                    pair(f"{aug} − none", model, (model, aug), (model, "none"))
+                    pair(f"{aug} − none", model, (model, aug), (model, "none"), "aug")
     adjusted = holm([c.test.p_value for c in found])
     return [dataclasses.replace(c, holm_p=p) for c, p in zip(found, adjusted)]
 
@@ -262,7 +267,8 @@ def sign_sentences(found: list[Comparison], study: Study) -> list[str]:
 def theta_table(study: Study) -> Table | None:
     """Per STN model x augmentation: the learned transform's parts in its family's terms, mean and sd over runs of
     per-run means; a column only where some family has that part ("—" in the rows of the others)."""
-    cells = [(cell, [r for r in runs if "theta/identity_dist_mean" in r.metrics]) for cell, runs in study.cells()]
+    cells = [(cell, [r for r in runs if "theta/identity_dist_mean" in r.metrics]) for cell, runs in study.cells()
+             if runs[0].stn]
     cells = [(cell, runs) for cell, runs in cells if runs]
     shown = [(k, label) for k, label in THETA if any(f"theta/{k}_mean" in r.metrics for _, runs in cells for r in runs)]
     rows, data = [], []
@@ -404,6 +410,43 @@ def effect_sentence(c: Comparison) -> str:
             text += (f". With {n} seeds (fewer than {UNDERPOWERED}) the test is underpowered: add seeds before "
                      "concluding")
     return f"{head}: {text}."
+
+
+def control_sentence(found: list[Comparison], c: Comparison) -> str | None:
+    """For an STN against its frozen-transform control `c`: which of the two, the learned transformer or one fixed
+    transform of the view, carries the STN's difference from its twin. None without the matching STN − twin test."""
+    twin = next((t for t in found if t.of_transformer and (t.dataset, t.a) == (c.dataset, c.a)), None)
+    if twin is None or not (twin.test.tested and c.test.tested):
+        return None
+
+    def said(t: Comparison) -> str:
+        return f"{100 * t.test.diff.mean:+.2f} points (Holm p = {_p(t.holm_p)})"
+    head = (f"**What carries the transformer's effect, {c.a[0]} with {AUG_WORDS.get(c.a[1], c.a[1])}**: it differs "
+            f"from its twin by {said(twin)} and from its frozen control, the twin behind the STN's mean learned "
+            f"transform held fixed, by {said(c)}")
+    if c.holm_p < ALPHA and c.test.diff.mean > 0:
+        verdict = "the learned, per-image transform adds to what one fixed transform gives"
+    elif twin.holm_p < ALPHA and twin.test.diff.mean > 0:
+        verdict = ("the fixed transform alone accounts for it as far as these seeds tell: the learned one adds "
+                   "nothing measurable over it")
+    else:
+        verdict = "neither difference is significant after Holm's correction: these seeds cannot say"
+    return f"{head}: {verdict}."
+
+
+def frozen_sentences(study: Study) -> list[str]:
+    """Which fixed transform each frozen control's runs trained behind, and where it came from."""
+    said = []
+    for (model, aug), runs in study.cells():
+        if not runs[0].tags.get("frozen_of"):
+            continue
+        for spec, source in sorted({(r.params.get("frozen", "?"), r.tags.get("frozen_source", "")) for r in runs}):
+            origin, _, ids = source.partition(": ")
+            short = ", ".join(i[:8] for i in ids.split(", ")) if ids else ""
+            said.append(f"**{model}, {AUG_WORDS.get(aug, aug)}**: `{spec}`"
+                        + (f", the {origin} ({short})" if origin else ", as the study file sets it")
+                        + f"; runs {', '.join(r.short for r in runs)}.")
+    return said
 
 
 def theta_sentence(row: dict[str, Any], dataset: str) -> str:

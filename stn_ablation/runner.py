@@ -217,5 +217,7 @@ def robustness_tag(robustness: RobustnessConfig) -> str:
 
 def _ablation_tags(variant: str) -> dict[str, str]:
     """Tags that let the report pair an STN run with its twin's without importing any model code."""
-    twin = get_variant(variant).twin
-    return {"stn": "true", "twin": twin} if twin else {"stn": "false"}
+    found = get_variant(variant)
+    if found.twin:
+        return {"stn": "true", "twin": found.twin}
+    return {"stn": "false", "frozen_of": found.controls} if found.controls else {"stn": "false"}

@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from stn_ablation.checkpoint import CheckpointError
-from stn_ablation.config import TrainConfig
+from stn_ablation.config import FROZEN_LEARNED, TrainConfig
 from stn_ablation.data import DataError, DataSplits, load_dataset, prepare
 from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.identity import IDENTITY_TAG, run_identity
@@ -145,6 +145,18 @@ class Worker:
     def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         spec = self.spec
         cfg = spec.config(params)
+        frozen_source = {}
+        if get_variant(cfg.variant).controls and cfg.frozen == FROZEN_LEARNED:
+            learned = self._learned_transform(cfg)
+            if learned is None:
+                cell = trial.user_attrs.get("cell", cfg.variant)
+                self._failed_here.add(cell)
+                reason = (f"no finished {get_variant(cfg.variant).controls} run of this cell yet: its learned "
+                          "transform sets this control's; re-run the same command once it has finished")
+                self._end(trial, TrialState.FAIL, "failed", reason, None)
+                log.warning("trial %d (%s): %s", trial.number, cell, reason)
+                return
+            cfg, frozen_source = learned
         # A grid cell is its config; a tuning trial is itself (two trials may draw the same parameters) or, for a
         # retry after a lost worker, the trial it continues.
         key = f"{spec.storage_name}:{cfg.digest()}" if spec.grid else f"{spec.storage_name}:trial-{_origin(trial)}"
@@ -162,7 +174,7 @@ class Worker:
             precision=self.precision, deterministic=self.deterministic,
             progress_label=f"{spec.name} [{index}/{spec.n_trials}] {'/'.join(label)} on {self.device}",
             tags={"study": spec.name, "study_digest": spec.digest, "phase": spec.phase, "trial": str(trial.number),
-                  "cell": cell, "study_file_sha256": spec.file_sha256})
+                  "cell": cell, "study_file_sha256": spec.file_sha256, **frozen_source})
         if spec.grid and self._reuse(trial, run):
             checkpoint.unlink(missing_ok=True)
             return
@@ -187,6 +199,25 @@ class Worker:
         state = TrialState.COMPLETE if result.status == "finished" and value is not None else TrialState.FAIL
         self._end(trial, state, result.status, result.reason, value, test_acc=result.test_acc)
         checkpoint.unlink(missing_ok=True)
+
+    def _learned_transform(self, cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]] | None:
+        """A frozen control's "learned" transform, resolved before training so that its run records the numbers:
+        the isotropic scale and shift (attention family) averaged over this study's finished runs of the STN it
+        controls in the same cell (dataset, augmentation, transform family), and a tag naming them; None while
+        there are none."""
+        stn = get_variant(cfg.variant).controls
+        runs = self.tracker.search_runs(self.experiment, (
+            f"tags.`{PARENT_TAG}` = '{self.parent}' and tags.variant = '{stn}' and tags.status = 'finished' and "
+            f"tags.augmentation = '{cfg.aug}' and tags.dataset = '{cfg.dataset}' and "
+            f"params.transform = '{cfg.transform}'"))
+        parts = ("scale", "tx", "ty")
+        runs = [r for r in runs if all(f"theta/{p}_mean" in r.data.metrics for p in parts)]
+        if not runs:
+            return None
+        mean = [sum(r.data.metrics[f"theta/{p}_mean"] for r in runs) / len(runs) for p in parts]
+        source = (f"mean learned scale and shift of {len(runs)} {stn}/{cfg.transform} runs: "
+                  + ", ".join(sorted(r.info.run_id for r in runs)))
+        return cfg.with_overrides(frozen="attention:" + ",".join(f"{v:.4f}" for v in mean)), {"frozen_source": source}
 
     def _reuse(self, trial: optuna.Trial, run: TrackedRun) -> bool:
         """Take the result of a finished run with the cell's identity (identity.py), from any study or version,

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from stn_ablation.allocator import keep_freed_memory
 from stn_ablation.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from stn_ablation.config import TrainConfig
+from stn_ablation.config import FROZEN_LEARNED, TrainConfig
+from stn_ablation.errors import ConfigError
 from stn_ablation.data import DataSplits
 from stn_ablation.device import (autocast, autocast_dtype, channels_last, deterministic_kernels, eval_batch_size,
                                  precision_flag, precision_name)
@@ -98,11 +99,18 @@ DIVERGED_LOSS = 100  # a mean training loss above this many times chance level (
 
 
 def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Seed, then build: an STN variant and its twin get the same classifier initialization. Only a variant with a
-    transformer (one with a twin) takes the config's transform family."""
+    """Seed, then build: an STN variant, its twin and its frozen control get the same classifier initialization.
+    Only a variant with a transformer (one with a twin) takes the config's transform family, only a control its
+    `frozen` transform, which a study resolves before training when it is "learned"."""
     torch.manual_seed(cfg.seed)
-    transform = cfg.transform if get_variant(cfg.variant).has_transformer else None
-    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes, transform=transform)
+    variant = get_variant(cfg.variant)
+    if variant.controls and cfg.frozen in ("", FROZEN_LEARNED):
+        raise ConfigError(f"{cfg.variant} needs its fixed transform: set frozen to <family>:<parameters> (e.g. "
+                          f"attention:1.63,0,0), or to \"{FROZEN_LEARNED}\" in a study that also runs "
+                          f"{variant.controls}")
+    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes,
+                        transform=cfg.transform if variant.has_transformer else None,
+                        frozen=cfg.frozen if variant.controls else None)
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:

@@ -18,7 +18,7 @@ STN_VARIANTS = [name for name in VARIANTS if get_variant(name).twin is not None]
 def test_registry_has_the_core_variants():
     assert {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"} <= set(VARIANTS)
     assert VARIANTS == sorted(VARIANTS)
-    assert list_variants("loc3_*") == ["loc3_cnn", "loc3_stn"]
+    assert list_variants("loc3_*") == ["loc3_cnn", "loc3_cnn+frozen", "loc3_stn"]
 
 
 def _images(shape, batch=4, seed=0):
@@ -56,6 +56,7 @@ def test_one_backward_pass_reaches_every_parameter(name):
     F.cross_entropy(model(x), y).backward()
 
     stn = getattr(model, "stn", None)
+    stn = stn if get_variant(name).has_transformer else None  # a frozen control's transform has no parameters
     final_regressor = {id(p) for p in stn.regressor[-1].parameters()} if stn is not None else set()
     stn_params = {id(p) for p in stn.parameters()} if stn is not None else set()
     for pname, p in model.named_parameters():
@@ -166,6 +167,45 @@ def test_paper_variants_build_for_mnist_and_its_rts_canvas(name, size):
     F.cross_entropy(out, y).backward()
     if model.stn is not None:
         assert model.stn.regressor[0].out_features == 20  # the paper's 20-unit layer
+
+
+@pytest.mark.parametrize("name", STN_VARIANTS)
+def test_each_stn_has_a_frozen_control_with_the_twins_classifier(name):
+    """`<twin>+frozen`, derived by the registry: the twin's classifier bit for bit (same seed), behind a transform
+    that learns nothing; at the identity it computes what the twin computes."""
+    twin = get_variant(name).twin
+    control = get_variant(twin + registry.FROZEN_SUFFIX)
+    assert control.controls == name and control.twin is None
+    torch.manual_seed(7)
+    frozen = create_model(control.name, frozen="attention:1.6,0.1,-0.2")
+    torch.manual_seed(7)
+    plain = create_model(twin)
+    a, b = frozen.classifier.state_dict(), plain.classifier.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(p.numel() for p in frozen.parameters()) == sum(p.numel() for p in plain.parameters())
+    shape = (3, 32, 32) if name != "paper_stn" else (1, 28, 28)
+    x, _ = _images(shape)
+    torch.manual_seed(7)
+    identity = create_model(control.name, in_shape=shape).eval()
+    plain = create_model(twin, in_shape=shape).eval()
+    plain.load_state_dict(identity.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(identity(x), plain(x), rtol=0, atol=1e-5)
+        zoomed = frozen.eval().stn(x if shape[0] == 3 else torch.randn(4, 3, 32, 32))
+    assert frozen.stn.theta(x).tolist() == [[1.600000023841858, 0.10000000149011612, -0.20000000298023224]] * 4
+    assert not torch.allclose(zoomed[:, :, 16, 16], x[:, :, 16, 16] if shape[0] == 3 else zoomed[:, :, 0, 0])
+
+
+def test_a_bad_frozen_transform_is_one_line():
+    from stn_ablation.config import TrainConfig
+    from stn_ablation.errors import ConfigError
+    from stn_ablation.train import build_model
+
+    for spec in ("attention:1.6,0", "zoom:2", "attention:a,b,c"):
+        with pytest.raises(ConfigError, match="frozen must be .learned. or <family>:<parameters>"):
+            TrainConfig(variant="tutorial_cnn+frozen", frozen=spec)
+    with pytest.raises(ConfigError, match="needs its fixed transform"):  # a study resolves "learned"; train cannot
+        build_model(TrainConfig(variant="tutorial_cnn+frozen", frozen="learned"), (3, 32, 32), 10)
 
 
 def test_twins_are_not_stn_variants():

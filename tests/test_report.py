@@ -444,7 +444,7 @@ def test_a_difference_of_zero_has_no_sign_and_no_shared_seed_shows_no_number():
     found = [Comparison("paper_stn/affine − paper_cnn", "aug none", *cells, [0, 1, 2] * (d != "mnist_e"), test,
                         holm_p, d) for (d, test), holm_p in zip(tests.items(), adjusted)]
     assert found[0].test.diff.mean == 0 and found[0].test.tested
-    study = results.Study("zero", "0", "p", {}, {}, None, [], [], [], [], {"dataset": list(tests)}, "grid")
+    study = results.Study("zero", "p", {}, {}, None, [], [], [], [], {"dataset": list(tests)}, "grid")
     effects = report.transformer_effects_table(found, study)
     assert [row[-1] for row in effects.rows] == ["ours: no difference, no sign", "agrees", "no test"]
     assert effects.rows[2][4:7] == ["—", "—", "—"]

@@ -336,3 +336,38 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     parent = tracker.client.get_run(loaded.parent_id)
     assert {k.rsplit("/", 1)[0] for k in parent.data.metrics if k.startswith("stn_effect_pts/")} == {
         f"stn_effect_pts/{d}/tutorial_stn/affine/none" for d in ("mnist", "mnist_r")}
+
+
+def test_a_frozen_control_trains_behind_the_stns_mean_learned_transform(data_root, tmp_path, capsys):
+    """frozen_control, shrunk: the control cells take the STN cells' mean learned scale and shift as their fixed
+    transform (recorded as the run's `frozen` param and `frozen_source` tag), and the report compares the STN with
+    its control beside its twin and says which carries the effect."""
+    from stn_ablation.records import read_study
+    from stn_ablation.report import write_report
+    from stn_ablation.tracking import Tracker
+
+    text = (Path(__file__).parent.parent / "studies" / "frozen_control.toml").read_text()
+    study = tmp_path / "frozen_control.toml"
+    study.write_text(text.replace('aug = ["none", "standard"]', 'aug = ["none"]')
+                     .replace("seed = [0, 1, 2]", "seed = [0, 1]") + "\n[robustness]\nimages = 100\n")
+    home = tmp_path / "home"
+    assert main(["run", "--study", str(study), "--home", str(home), "--epochs", "1", "--subset", "512",
+                 "--device", "cpu"]) == 0
+    assert "6 finished" in capsys.readouterr().out
+    _, children = child_runs(home, "frozen_control")
+    stn = [r for r in children if r.data.tags["variant"] == "tutorial_stn"]
+    controls = [r for r in children if r.data.tags["variant"] == "tutorial_cnn+frozen"]
+    assert len(stn) == 2 and len(controls) == 2
+    scale = sum(r.data.metrics["theta/scale_mean"] for r in stn) / 2
+    for run in controls:
+        family, numbers = run.data.params["frozen"].split(":")
+        assert family == "attention" and abs(float(numbers.split(",")[0]) - scale) < 1e-4
+        assert run.data.tags["frozen_of"] == "tutorial_stn" and "loc_lr_mult" not in run.data.params
+        assert sorted(run.data.tags["frozen_source"].split(": ")[1].split(", ")) == sorted(r.info.run_id for r in stn)
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
+    readme = write_report(read_study(tracker, "frozen_control"), tmp_path / "report", "md").read_text()
+    assert "| tutorial_stn/affine − tutorial_cnn+frozen | aug none | 2 |" in readme
+    assert "**What carries the transformer's effect, tutorial_stn/affine with no augmentation**" in readme
+    spec = controls[0].data.params["frozen"]
+    assert f"- **tutorial_cnn+frozen, no augmentation**: `{spec}`, the mean learned scale and shift of 2" in readme
+    assert "| tutorial_cnn+frozen | none | 2 | 1.0" not in readme  # no row in the learned-transform table

@@ -60,6 +60,26 @@ class SpatialTransformer(nn.Module):
         return f"family={self.family.name}"
 
 
+class FixedTransform(nn.Module):
+    """One transform, the same for every image and never learned, where a spatial transformer would be: the control
+    that tells a learned transformer's effect from that of a fixed rescale or shift of the view."""
+
+    def __init__(self, family: str, params: tuple[float, ...]):
+        super().__init__()
+        self.family = transforms.family(family)
+        self.register_buffer("params", torch.tensor(params, dtype=torch.float32).view(1, -1))
+
+    def theta(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed parameters for each image of `x`, B x n, as SpatialTransformer.theta gives its learned ones."""
+        return self.params.expand(x.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return transforms.warp(x, self.theta(x), self.family)
+
+    def extra_repr(self) -> str:
+        return f"family={self.family.name}, params={tuple(round(v, 4) for v in self.params[0].tolist())}"
+
+
 class STNClassifier(nn.Module):
     """A classifier with an optional spatial transformer in front: the one family class of every variant.
 
