@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from stn_ablation import bench as bench_module
-from stn_ablation.bench import (FLOP_BATCH, WorkerTrials, run_bench, run_workers, stn_share, training_flops,
+from stn_ablation.bench import throughput as bench_module
+from stn_ablation.bench.throughput import (FLOP_BATCH, WorkerTrials, run_bench, run_workers, stn_share, training_flops,
                                 trials_per_hour)
 from stn_ablation.device import cpu_has_native_bf16, device_model
 from stn_ablation.errors import ConfigError
-from stn_ablation.registry import create_model
+from stn_ablation.models.registry import create_model
 
 CPU = torch.device("cpu")
 
@@ -129,7 +129,7 @@ def test_each_worker_process_times_whole_trials_for_the_asked_seconds():
 
 @pytest.mark.parametrize("cores, workers", [(16, 4), (4, 4), (2, 2), (1, 1)])
 def test_reference_loader_has_the_tutorials_four_workers_up_to_the_cores(monkeypatch, cores, workers):
-    from stn_ablation import reference
+    from stn_ablation.bench import reference
 
     monkeypatch.setattr(reference, "usable_cores", lambda: cores)
     images, labels = torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-import stn_ablation.distorted as distorted
+import stn_ablation.data.distorted as distorted
 from stn_ablation.config import DATASETS
-from stn_ablation.data import SPECS, load_dataset
-from stn_ablation.distorted import CORNERS, DISTORTIONS, cache_path, distort, generate, load, split_seed
+from stn_ablation.data.datasets import SPECS, load_dataset
+from stn_ablation.data.distorted import CORNERS, DISTORTIONS, cache_path, distort, generate, load, split_seed
 from stn_ablation.transforms import FAMILIES, warp
 
 MNIST_SETS = ("mnist_r", "mnist_rts", "mnist_p", "mnist_e")

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.faults import FAULT_ENV
-from stn_ablation.studyfile import load_study
+from stn_ablation.study.spec import load_study
 from tests.studyutil import child_runs, cli, steps, study_trials
 
 STUDY = '''name = "faults"

@@ -26,8 +26,8 @@ import torch
 
 from stn_ablation.config import TrainConfig
 from stn_ablation.device import cpu_has_native_bf16
-from stn_ablation.identity import NUMERICS_VERSION
-from stn_ablation.train import train
+from stn_ablation.tracking.identity import NUMERICS_VERSION
+from stn_ablation.training.train import train
 
 RECORD = Path(__file__).with_name("numerics.json")
 CONFIG = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, subset=384, val_size=256)

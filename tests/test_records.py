@@ -14,18 +14,18 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-import stn_ablation.distorted as distorted
+import stn_ablation.data.distorted as distorted
 from stn_ablation.cli import main
 from stn_ablation.config import RobustnessConfig, TrainConfig
-from stn_ablation.data import prepare
+from stn_ablation.data.datasets import prepare
 from stn_ablation.device import AUTOCAST_DTYPES, precision_flag
-from stn_ablation.evaluate import score
+from stn_ablation.training.evaluate import score
 from stn_ablation.paths import StateHome
-from stn_ablation.runner import TrackedRun, run_tracked
-from stn_ablation.storage import open_storage
-from stn_ablation.studyfile import StudyFileError, load_study
-from stn_ablation.tracking import Tracker
-from stn_ablation.train import train
+from stn_ablation.tracking.run import TrackedRun, run_tracked
+from stn_ablation.study.storage import open_storage
+from stn_ablation.study.spec import StudyFileError, load_study
+from stn_ablation.tracking.tracker import Tracker
+from stn_ablation.training.train import train
 from tests.studyutil import child_runs, cli, shrunk_study, study_trials
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stn_ablation.studyfile import load_study
+from stn_ablation.study.spec import load_study
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 

@@ -22,13 +22,13 @@ import pytest
 from mlflow.entities import Metric, Param
 from scipy import stats as sps
 
-from stn_ablation import report, results
+from stn_ablation.reporting import report, results
 from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
-from stn_ablation.records import read_study
-from stn_ablation.report_tables import Comparison
-from stn_ablation.stats import holm, paired_t
-from stn_ablation.tracking import Tracker
+from stn_ablation.reporting.records import read_study
+from stn_ablation.reporting.tables import Comparison
+from stn_ablation.reporting.stats import holm, paired_t
+from stn_ablation.tracking.tracker import Tracker
 
 PNG = b"\x89PNG\r\n\x1a\n"
 STN = "tutorial_stn/affine"  # the report's name of an STN cell: variant and transform family

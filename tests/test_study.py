@@ -14,9 +14,9 @@ import pytest
 
 from stn_ablation.cli import main
 from stn_ablation.paths import StateHome
-from stn_ablation.records import read_study
-from stn_ablation.study import cell_key, cell_label
-from stn_ablation.studyfile import StudyFileError, list_studies, load_study
+from stn_ablation.reporting.records import read_study
+from stn_ablation.study.worker import cell_key, cell_label
+from stn_ablation.study.spec import StudyFileError, list_studies, load_study
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
@@ -259,8 +259,8 @@ def test_tuning_study_samples_tracks_and_counts_trials(data_root, tmp_path, caps
 
 @pytest.mark.parametrize("prune", [True, False])
 def test_reporting_hook_reports_every_epoch_and_prunes_only_when_asked(prune):
-    from stn_ablation.study import _reporting_hook
-    from stn_ablation.train import EpochStats, StopRun
+    from stn_ablation.study.worker import _reporting_hook
+    from stn_ablation.training.train import EpochStats, StopRun
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     trial = study.ask()
@@ -306,9 +306,9 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     """`dataset` as a grid axis, end to end: every cell trains on its dataset (a 400-image prefix of MNIST R, so
     the test generates little), names it in its run, and the report and the parent's summary keep the datasets
     apart."""
-    import stn_ablation.study as study_module
-    from stn_ablation import distorted
-    from stn_ablation.tracking import Tracker
+    import stn_ablation.study.worker as study_module
+    from stn_ablation.data import distorted
+    from stn_ablation.tracking.tracker import Tracker
 
     requested = set()
 
@@ -342,9 +342,9 @@ def test_a_frozen_control_trains_behind_the_stns_mean_learned_transform(data_roo
     """frozen_control, shrunk: the control cells take the STN cells' mean learned scale and shift as their fixed
     transform (recorded as the run's `frozen` param and `frozen_source` tag), and the report compares the STN with
     its control beside its twin and says which carries the effect."""
-    from stn_ablation.records import read_study
-    from stn_ablation.report import write_report
-    from stn_ablation.tracking import Tracker
+    from stn_ablation.reporting.records import read_study
+    from stn_ablation.reporting.report import write_report
+    from stn_ablation.tracking.tracker import Tracker
 
     text = (Path(__file__).parent.parent / "studies" / "frozen_control.toml").read_text()
     study = tmp_path / "frozen_control.toml"

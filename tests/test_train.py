@@ -14,10 +14,10 @@ import torch
 from stn_ablation import checkpoint as checkpoint_module
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
-from stn_ablation.data import prepare
+from stn_ablation.data.datasets import prepare
 from stn_ablation.errors import ConfigError
-from stn_ablation.registry import create_model
-from stn_ablation.train import TrainResult, lr_factor, make_optimizer, train
+from stn_ablation.models.registry import create_model
+from stn_ablation.training.train import TrainResult, lr_factor, make_optimizer, train
 
 CPU = torch.device("cpu")
 COMPARED = ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr")  # not the wall-clock fields

@@ -81,7 +81,7 @@ FROZEN_SUFFIX = "+frozen"
 def _load_variants() -> None:
     """Import the variant modules, whose decorators fill the registry, then derive each STN's frozen-transform
     control; deferred so `import registry` stays cheap."""
-    import stn_ablation.variants  # noqa: F401
+    from stn_ablation.models import loc3, paper, tutorial  # noqa: F401
 
     for stn in [v for v in _VARIANTS.values() if v.has_transformer]:
         name = stn.twin + FROZEN_SUFFIX
@@ -97,7 +97,7 @@ def _frozen_factory(twin: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
     def build(in_shape=None, num_classes=None, frozen: str = "affine:1,0,0,0,1,0") -> nn.Module:
         from stn_ablation.config import frozen_transform
-        from stn_ablation.variants.blocks import FixedTransform
+        from stn_ablation.models.blocks import FixedTransform
 
         model = twin(**{k: v for k, v in (("in_shape", in_shape), ("num_classes", num_classes)) if v is not None})
         model.stn = FixedTransform(*frozen_transform(frozen))

@@ -9,8 +9,8 @@ them, a 20-unit layer. Both build for the 1x28x28 (R, P, E) and 1x42x42 (RTS) in
 
 import torch.nn as nn
 
-from stn_ablation.registry import register_variant
-from stn_ablation.variants.blocks import Shape, SpatialTransformer, STNClassifier, flat_features
+from stn_ablation.models.registry import register_variant
+from stn_ablation.models.blocks import Shape, SpatialTransformer, STNClassifier, flat_features
 
 
 class PaperCNN(nn.Module):

@@ -129,7 +129,7 @@ def _load_cached(name: str, root: Path, download: bool) -> RawDataset:
     if root.exists() and not root.is_dir():
         raise DataError(f"data root {root} is a file, not a folder; pass --data-root DIR or set {DATA_ENV}")
     if SPECS[name].folder == "distorted":
-        from stn_ablation.distorted import load  # imports this module
+        from stn_ablation.data.distorted import load  # imports this module
 
         return load(name, root, download)
     return (_load_cifar10 if name == "cifar10" else _load_mnist)(root, download)

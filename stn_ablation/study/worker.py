@@ -19,20 +19,20 @@ from optuna.trial import TrialState
 
 from stn_ablation.checkpoint import CheckpointError
 from stn_ablation.config import FROZEN_LEARNED, TrainConfig
-from stn_ablation.data import DataError, DataSplits, load_dataset, prepare
+from stn_ablation.data.datasets import DataError, DataSplits, load_dataset, prepare
 from stn_ablation.device import autocast_dtype, precision_name
-from stn_ablation.identity import IDENTITY_TAG, run_identity
+from stn_ablation.tracking.identity import IDENTITY_TAG, run_identity
 from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
-from stn_ablation.owners import Heartbeat, owner_alive, this_owner
+from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
-from stn_ablation.registry import get_variant
-from stn_ablation.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG
-from stn_ablation.runner import ROBUSTNESS_TAG, TrackedRun, robustness_sweeps, robustness_tag, run_tracked
-from stn_ablation.storage import StorageError, open_storage
-from stn_ablation.studyfile import StudySpec
-from stn_ablation.tracking import KEY_TAG, PARENT_TAG, Tracker
-from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult
+from stn_ablation.models.registry import get_variant
+from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG
+from stn_ablation.tracking.run import ROBUSTNESS_TAG, TrackedRun, robustness_sweeps, robustness_tag, run_tracked
+from stn_ablation.study.storage import StorageError, open_storage
+from stn_ablation.study.spec import StudySpec
+from stn_ablation.tracking.tracker import KEY_TAG, PARENT_TAG, Tracker
+from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -354,8 +354,8 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
     """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
     and, for each transformer against its twin (on each dataset of a study over several), the mean paired
     difference of final test accuracy in points with its 95% interval (the report's numbers, from the same code)."""
-    from stn_ablation.records import read_study
-    from stn_ablation.report_tables import comparisons
+    from stn_ablation.reporting.records import read_study
+    from stn_ablation.reporting.tables import comparisons
 
     statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in trials]
     summary = {f"trials_{s}": float(statuses.count(s)) for s in ("finished", "diverged", "pruned", "failed")}

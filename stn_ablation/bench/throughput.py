@@ -27,16 +27,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from stn_ablation.config import REFERENCE_AUGMENTATIONS, TrainConfig
-from stn_ablation.data import DataSplits, RawDataset, load_dataset, prepare, split_indices
+from stn_ablation.data.datasets import DataSplits, RawDataset, load_dataset, prepare, split_indices
 from stn_ablation.device import (autocast_dtype, cpu_has_native_bf16, device_model, eval_batch_size, usable_cores,
                                  worker_devices)
 from stn_ablation.errors import ConfigError
-from stn_ablation.evaluate import predict
-from stn_ablation.registry import create_model, get_variant
-from stn_ablation.train import train
+from stn_ablation.training.evaluate import predict
+from stn_ablation.models.registry import create_model, get_variant
+from stn_ablation.training.train import train
 
 log = logging.getLogger(__name__)
-# stn_ablation.reference (torchvision, ~2 s to import) is imported where it is used: the --workers processes import
+# stn_ablation.bench.reference (torchvision, ~2 s to import) is imported where it is used: the --workers processes import
 # this module for trial_worker and need only the trainer.
 
 ROUND_S = 2.5  # target seconds of one training round of one pipeline; --seconds sets how many rounds
@@ -137,7 +137,7 @@ def _time_training(cfg: TrainConfig, raw: RawDataset, pool: DataSplits, device: 
     a warm-up, whatever it took: it meets every shape a timed round will (the training batch; an epoch drops the
     partial one), so one-off set-up such as cuDNN timing its kernels for each shape is charged neither to the
     rounds nor to the rate they are sized with."""
-    from stn_ablation import reference
+    from stn_ablation.bench import reference
 
     bs = cfg.batch_size
     _trainer_round(cfg, _head(pool, MIN_STEPS * bs), device, precision)  # warm-up
@@ -165,7 +165,7 @@ def _time_evaluation(model: nn.Module, ref_model: nn.Module, raw: RawDataset, po
     (images/s of each round of (trainer, reference), the predict() batch size used). Before any timed round both
     run once over all `m` images, so every batch shape, the last partial one included, has met its one-off set-up
     (cuDNN timing its kernels on CUDA) outside the timed rounds."""
-    from stn_ablation import reference
+    from stn_ablation.bench import reference
 
     warm = _predict_rate(model, pool.test_x[:MIN_EVAL], MIN_EVAL, amp)  # first set-up, and the rate to size with
     m = min(max(round(warm * plan.eval_s), MIN_EVAL), len(pool.test_y))
@@ -318,7 +318,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device: torch.device, precision: str,
             amp: torch.dtype | None, plan: Plan, peaks: dict, others: float | None) -> list[str]:
-    from stn_ablation import reference
+    from stn_ablation.bench import reference
 
     data = f"CIFAR-10 ({raw.provenance})" if real_data else raw.provenance
     native = device.type != "cpu" or cpu_has_native_bf16()
@@ -333,7 +333,7 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
         f"{PRECISION_NAMES[amp]} (asked: {precision}), {_threads(torch.get_num_threads())}, batch size "
         f"{batch_size}, aug {aug}",
         f"data: {data}",
-        "trainer: stn_ablation.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
+        "trainer: stn_ablation.training.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
         "evaluate.predict",
         f"reference: tutorial-style PIL + transforms.Compose, DataLoader(batch_size={reference.TUTORIAL_BATCH}, "
         f"num_workers={reference.loader_workers()}), SGD, loss.item() every step; same model, in fp32 and NCHW as "
@@ -356,7 +356,7 @@ def _tf32(device: torch.device) -> bool:
 def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> list[str]:
     """The tables. Each pipeline's %peak is against the matmul peak of its own precision: the trainer's `amp`,
     the reference's fp32."""
-    from stn_ablation import reference
+    from stn_ablation.bench import reference
 
     med = statistics.median
     rows = []
@@ -438,10 +438,10 @@ def run_workers(devices: list[str], threads: int, seconds: float, aug: str, batc
                 trial: tuple[str, int, int] = TRIAL) -> list[WorkerTrials]:
     """Run one trial_worker process on each of `devices`, concurrently, `threads` threads each, started together
     after their warm-up; what each measured. `trial` is (variant, training images, validation = test images)."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    code = lambda device: (f"from stn_ablation.bench import trial_worker; trial_worker({threads}, {seconds!r}, "  # noqa: E731
+    code = lambda device: (f"from stn_ablation.bench.throughput import trial_worker; trial_worker({threads}, {seconds!r}, "  # noqa: E731
                            f"{aug!r}, {batch_size}, {device!r}, {precision!r}, {trial!r})")
     errs = [tempfile.TemporaryFile("w+") for _ in devices]
     procs = [subprocess.Popen([sys.executable, "-c", code(device)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from stn_ablation.data import SPECS, DataError, RawDataset, _digest, default_data_root, load_dataset
+from stn_ablation.data.datasets import SPECS, DataError, RawDataset, _digest, default_data_root, load_dataset
 from stn_ablation.transforms import TPS_SIDE, tps_control_points, warp
 
 log = logging.getLogger(__name__)

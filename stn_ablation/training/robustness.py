@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from stn_ablation.augment import affine_warp
+from stn_ablation.data.augment import affine_warp
 from stn_ablation.config import RobustnessConfig
-from stn_ablation.evaluate import accuracy
+from stn_ablation.training.evaluate import accuracy
 
 
 def sweep_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: RobustnessConfig,

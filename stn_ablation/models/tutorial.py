@@ -1,7 +1,7 @@
 """The PyTorch spatial-transformer tutorial's model, adapted to any input shape, and its no-STN twin."""
 
-from stn_ablation.registry import register_variant
-from stn_ablation.variants.blocks import Shape, SpatialTransformer, STNClassifier, TutorialCNN, tutorial_localization
+from stn_ablation.models.registry import register_variant
+from stn_ablation.models.blocks import Shape, SpatialTransformer, STNClassifier, TutorialCNN, tutorial_localization
 
 
 @register_variant("tutorial_stn", twin="tutorial_cnn")

@@ -18,17 +18,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stn_ablation.allocator import keep_freed_memory
-from stn_ablation.augment import augment
+from stn_ablation.training.allocator import keep_freed_memory
+from stn_ablation.data.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import FROZEN_LEARNED, TrainConfig
 from stn_ablation.errors import ConfigError
-from stn_ablation.data import DataSplits
+from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import (autocast, autocast_dtype, channels_last, deterministic_kernels, eval_batch_size,
                                  precision_flag, precision_name)
-from stn_ablation.evaluate import accuracy
+from stn_ablation.training.evaluate import accuracy
 from stn_ablation.faults import fault_point
-from stn_ablation.registry import create_model, get_variant
+from stn_ablation.models.registry import create_model, get_variant
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from stn_ablation.config import SWEEP_KINDS
-from stn_ablation.published import PUBLISHED_ERROR, STN_PAPER, published_error
-from stn_ablation.results import Run, Study
-from stn_ablation.stats import (ALPHA, LEVEL, NO_SPREAD, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci,
+from stn_ablation.reporting.published import PUBLISHED_ERROR, STN_PAPER, published_error
+from stn_ablation.reporting.results import Run, Study
+from stn_ablation.reporting.stats import (ALPHA, LEVEL, NO_SPREAD, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci,
                                 paired_t)
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "mnist_r": "MNIST R", "mnist_rts": "MNIST RTS",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stn_ablation.errors import UsageError
-from stn_ablation.results import Study, numerics, picture_runs, run_of, study_from_records
+from stn_ablation.reporting.results import Study, numerics, picture_runs, run_of, study_from_records
 
 FORMAT = "stn-ablate-runs"
 VERSION = 1  # of the file format; a reader refuses a newer one

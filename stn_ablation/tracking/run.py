@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 
 from stn_ablation.config import RobustnessConfig, TrainConfig
-from stn_ablation.data import DataSplits
+from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import autocast_dtype, eval_batch_size, precision_name
-from stn_ablation.evaluate import score
-from stn_ablation.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
-from stn_ablation.registry import get_variant
-from stn_ablation.robustness import sweep_accuracy, theta_stats
-from stn_ablation.tracking import DatasetRecord, Tracker
-from stn_ablation.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
+from stn_ablation.training.evaluate import score
+from stn_ablation.tracking.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
+from stn_ablation.models.registry import get_variant
+from stn_ablation.training.robustness import sweep_accuracy, theta_stats
+from stn_ablation.tracking.tracker import DatasetRecord, Tracker
+from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
 
 ROBUSTNESS_TAG = "robustness"  # the sweeps a run was evaluated under (robustness_tag)
 
@@ -140,7 +140,7 @@ class Recorder:
     def epoch(self, stats: EpochStats, model: nn.Module) -> None:
         self.tracker.log_epochs(self.run_id, [stats])
         if getattr(model, "stn", None) is not None and stats.epoch in self.pictures:
-            from stn_ablation.visualize import stn_grid
+            from stn_ablation.tracking.pictures import stn_grid
 
             fig = stn_grid(model, self.data, title=f"{self.run.cfg.variant}, epoch {stats.epoch}")
             self.tracker.log_figure(self.run_id, fig, f"stn/epoch_{stats.epoch:03d}.png")

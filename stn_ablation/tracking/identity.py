@@ -8,8 +8,8 @@ import hashlib
 import json
 
 from stn_ablation.config import TrainConfig
-from stn_ablation.data import DataSplits
-from stn_ablation.registry import get_variant
+from stn_ablation.data.datasets import DataSplits
+from stn_ablation.models.registry import get_variant
 
 # Bump whenever a change alters what the trainer computes (a different number for the same config and data):
 # runs of an older version are then never reused. tests/test_numerics.py fails when the numbers move without it.

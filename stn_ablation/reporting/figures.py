@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from stn_ablation.config import SWEEP_KINDS
-from stn_ablation.published import published_error
-from stn_ablation.report_tables import dataset_name
-from stn_ablation.results import Run, Study, picture_runs
-from stn_ablation.stats import LEVEL, mean_ci
+from stn_ablation.reporting.published import published_error
+from stn_ablation.reporting.tables import dataset_name
+from stn_ablation.reporting.results import Run, Study, picture_runs
+from stn_ablation.reporting.stats import LEVEL, mean_ci
 
 DPI = 110
 LINESTYLES = {"none": "-", "standard": "--", "affine": ":"}  # augmentation -> line style

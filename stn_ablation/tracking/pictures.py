@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from stn_ablation.data import DataSplits, denormalize
+from stn_ablation.data.datasets import DataSplits, denormalize
 
 
 @torch.no_grad()

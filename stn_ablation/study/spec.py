@@ -14,9 +14,9 @@ from typing import Any
 
 from stn_ablation.config import GRID_AXES, RobustnessConfig, TrainConfig
 from stn_ablation.errors import ConfigError, UsageError
-from stn_ablation.registry import UnknownVariantError, get_variant
+from stn_ablation.models.registry import UnknownVariantError, get_variant
 
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 METRICS = ("val_acc", "test_acc")

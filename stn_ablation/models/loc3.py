@@ -1,8 +1,8 @@
 """The published 78.9% CIFAR-10 STN: a 3-conv localization net in front of a 136,032-parameter dilated/depthwise
 CNN (blocks.DilatedDepthwiseCNN), and its no-STN twin."""
 
-from stn_ablation.registry import register_variant
-from stn_ablation.variants.blocks import (DilatedDepthwiseCNN, Shape, SpatialTransformer, STNClassifier,
+from stn_ablation.models.registry import register_variant
+from stn_ablation.models.blocks import (DilatedDepthwiseCNN, Shape, SpatialTransformer, STNClassifier,
                                           loc3_localization)
 
 
