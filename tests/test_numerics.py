@@ -27,6 +27,7 @@ import torch
 from stn_ablation.config import TrainConfig
 from stn_ablation.device import cpu_has_native_bf16
 from stn_ablation.tracking.identity import NUMERICS_VERSION
+from stn_ablation.models.registry import build_model
 from stn_ablation.training.train import train
 
 RECORD = Path(__file__).with_name("numerics.json")
@@ -42,7 +43,8 @@ def cpu_kind() -> str:
 
 def fingerprint(data, precision: str) -> dict:
     """The trained weights' digest and the epoch's loss and accuracies, for CONFIG on `data`."""
-    result = train(CONFIG, data, torch.device("cpu"), precision=precision)
+    result = train(build_model(CONFIG, data.in_shape, data.num_classes), CONFIG, data, torch.device("cpu"),
+                   precision=precision)
     digest = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode())

@@ -25,6 +25,7 @@ from stn_ablation.tracking.run import TrackedRun, run_tracked
 from stn_ablation.study.storage import open_storage
 from stn_ablation.study.spec import StudyFileError, load_study
 from stn_ablation.tracking.tracker import Tracker
+from stn_ablation.models.registry import build_model
 from stn_ablation.training.train import train
 from tests.studyutil import child_runs, cli, shrunk_study, study_trials
 
@@ -146,14 +147,15 @@ def test_a_resume_that_changes_device_or_precision_is_refused(small_cifar, tmp_p
     data = shrink(small_cifar, 128, 100)
     cfg = TrainConfig(variant="tutorial_cnn", epochs=2, batch_size=64)
     ckpt = tmp_path / "run.pt"
-    train(cfg.with_overrides(epochs=1), data, CPU, checkpoint=ckpt, precision="bf16")
+    short = cfg.with_overrides(epochs=1)
+    train(build_model(short, data.in_shape, data.num_classes), short, data, CPU, checkpoint=ckpt, precision="bf16")
     state = load_checkpoint(ckpt)
     assert state["numerics"] == {"device": "cpu", "precision": "bfloat16"}
     state["config_digest"] = cfg.digest()  # as if this 2-epoch run had been stopped after its first epoch
     state["numerics"] = saved
     save_checkpoint(state, ckpt)
     with pytest.raises(CheckpointError) as error:
-        train(cfg, data, CPU, checkpoint=ckpt, precision="bf16")
+        train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, CPU, checkpoint=ckpt, precision="bf16")
     message = str(error.value)
     assert "\n" not in message and f"written on {saved['device']} in {saved['precision']}" in message
     assert f"--device {saved['device']} --precision {precision_flag(saved['precision'])}" in message

@@ -200,7 +200,7 @@ def test_each_stn_has_a_frozen_control_with_the_twins_classifier(name):
 def test_a_bad_frozen_transform_is_one_line():
     from stn_ablation.config import TrainConfig
     from stn_ablation.errors import ConfigError
-    from stn_ablation.training.train import build_model
+    from stn_ablation.models.registry import build_model
 
     for spec in ("attention:1.6,0", "zoom:2", "attention:a,b,c"):
         with pytest.raises(ConfigError, match="frozen must be .learned. or <family>:<parameters>"):

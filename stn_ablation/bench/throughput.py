@@ -32,7 +32,7 @@ from stn_ablation.device import (autocast_dtype, cpu_has_native_bf16, device_mod
                                  worker_devices)
 from stn_ablation.errors import ConfigError
 from stn_ablation.training.evaluate import predict
-from stn_ablation.models.registry import create_model, get_variant
+from stn_ablation.models.registry import build_model, create_model, get_variant
 from stn_ablation.training.train import train
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ def _others(start: tuple[float, float, float] | None) -> float | None:
 def _trainer_round(cfg: TrainConfig, data: DataSplits, device: torch.device, precision: str
                    ) -> tuple[float, nn.Module]:
     """One epoch through the real trainer: its own training-only images/s, and the trained model."""
-    result = train(cfg.with_overrides(subset=len(data.train_y)), data, device, precision=precision)
+    cfg = cfg.with_overrides(subset=len(data.train_y))
+    result = train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, device, precision=precision)
     if result.status != "finished":
         raise RuntimeError(f"bench: the trainer stopped on {cfg.variant}: {result.reason}")
     return result.history[-1].images_per_s, result.model
@@ -483,11 +484,11 @@ def trial_worker(threads: int, seconds: float, aug: str, batch_size: int, device
     dev = torch.device(device)
     data = prepare(synthetic_cifar(n_train + n_eval, n_eval), dev, val_size=n_eval)
     cfg = TrainConfig(variant=variant, aug=aug, batch_size=batch_size, epochs=1, val_size=n_eval)
-    train(cfg, data, dev, precision=precision)
+    train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, dev, precision=precision)
     print("ready", flush=True)
     sys.stdin.readline()
     start, trials = time.perf_counter(), 0
     while trials == 0 or time.perf_counter() - start < seconds:
-        train(cfg, data, dev, precision=precision)
+        train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, dev, precision=precision)
         trials += 1
     print(json.dumps({"trials": trials, "seconds": time.perf_counter() - start}), flush=True)

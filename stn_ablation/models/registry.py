@@ -6,9 +6,11 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
-from stn_ablation.errors import UsageError
+from stn_ablation.config import FROZEN_LEARNED, TrainConfig
+from stn_ablation.errors import ConfigError, UsageError
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,21 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """Build variant `name`. Keyword arguments that are None are dropped, so an unset CLI flag never overrides a
     variant's own default (the timm convention)."""
     return get_variant(name).factory(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Seed, then build: an STN variant, its twin and its frozen control get the same classifier initialization.
+    Only a variant with a transformer (one with a twin) takes the config's transform family, only a control its
+    `frozen` transform, which a study resolves before training when it is "learned"."""
+    torch.manual_seed(cfg.seed)
+    variant = get_variant(cfg.variant)
+    if variant.controls and cfg.frozen in ("", FROZEN_LEARNED):
+        raise ConfigError(f"{cfg.variant} needs its fixed transform: set frozen to <family>:<parameters> (e.g. "
+                          f"attention:1.63,0,0), or to \"{FROZEN_LEARNED}\" in a study that also runs "
+                          f"{variant.controls}")
+    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes,
+                        transform=cfg.transform if variant.has_transformer else None,
+                        frozen=cfg.frozen if variant.controls else None)
 
 
 FROZEN_SUFFIX = "+frozen"

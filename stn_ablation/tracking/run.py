@@ -20,7 +20,7 @@ from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import autocast_dtype, eval_batch_size, precision_name
 from stn_ablation.training.evaluate import score
 from stn_ablation.tracking.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
-from stn_ablation.models.registry import get_variant
+from stn_ablation.models.registry import build_model, get_variant
 from stn_ablation.training.robustness import sweep_accuracy, theta_stats
 from stn_ablation.tracking.tracker import DatasetRecord, Tracker
 from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
@@ -104,7 +104,7 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
     recorder = Recorder(tracker, run_id, run, data, sampling)
     try:
         with sampling:
-            result = train(cfg, data, device, checkpoint=run.checkpoint, precision=run.precision,
+            result = train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, device, checkpoint=run.checkpoint, precision=run.precision,
                            deterministic=run.deterministic,
                            **fan_out([progress.hooks, recorder.hooks, *hooks]))
     except StopRun as e:

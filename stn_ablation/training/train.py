@@ -1,4 +1,4 @@
-"""The one trainer every variant shares: config and data in, per-epoch statistics out.
+"""The one trainer every variant shares: a model, its config and data in, per-epoch statistics out.
 
 It knows nothing of Optuna or MLflow: they listen to its three events (start, with the epochs a resumed checkpoint
 already holds; each epoch; end, with the result and its model), and an epoch's listener may raise to stop a run
@@ -21,14 +21,13 @@ import torch.nn.functional as F
 from stn_ablation.training.allocator import keep_freed_memory
 from stn_ablation.data.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from stn_ablation.config import FROZEN_LEARNED, TrainConfig
+from stn_ablation.config import TrainConfig
 from stn_ablation.errors import ConfigError
 from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import (autocast, autocast_dtype, channels_last, deterministic_kernels, eval_batch_size,
                                  precision_flag, precision_name)
 from stn_ablation.training.evaluate import accuracy
 from stn_ablation.faults import fault_point
-from stn_ablation.models.registry import create_model, get_variant
 
 
 @dataclass(frozen=True)
@@ -98,21 +97,6 @@ class StopRun(Exception):
 DIVERGED_LOSS = 100  # a mean training loss above this many times chance level (ln classes) counts as diverged
 
 
-def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Seed, then build: an STN variant, its twin and its frozen control get the same classifier initialization.
-    Only a variant with a transformer (one with a twin) takes the config's transform family, only a control its
-    `frozen` transform, which a study resolves before training when it is "learned"."""
-    torch.manual_seed(cfg.seed)
-    variant = get_variant(cfg.variant)
-    if variant.controls and cfg.frozen in ("", FROZEN_LEARNED):
-        raise ConfigError(f"{cfg.variant} needs its fixed transform: set frozen to <family>:<parameters> (e.g. "
-                          f"attention:1.63,0,0), or to \"{FROZEN_LEARNED}\" in a study that also runs "
-                          f"{variant.controls}")
-    return create_model(cfg.variant, in_shape=in_shape, num_classes=num_classes,
-                        transform=cfg.transform if variant.has_transformer else None,
-                        frozen=cfg.frozen if variant.controls else None)
-
-
 def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
     """Learning-rate multiplier at optimizer step `step` of `total`."""
     if schedule == "constant":
@@ -144,24 +128,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> t
                            fused=fused or None)
 
 
-def train(cfg: TrainConfig, data: DataSplits, device: torch.device, *, checkpoint: Path | None = None,
+def train(model: nn.Module, cfg: TrainConfig, data: DataSplits, device: torch.device, *,
+          checkpoint: Path | None = None,
           on_start: StartHook | None = None, on_epoch: EpochHook | None = None, on_end: EndHook | None = None,
           precision: str = "auto", deterministic: bool = False) -> TrainResult:
-    """Train `cfg.variant` on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
+    """Train `model` (built for `cfg`: models.build_model) on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
     an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
     `precision` (see device.autocast_dtype) changes speed, not what is compared; `deterministic` runs on
     deterministic kernels only (device.deterministic_kernels), for bit-identical repeats on CUDA. The hooks hear
     the run start (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its
     end; none of them changes the run's random numbers."""
     with deterministic_kernels(deterministic):
-        return _train(cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision)
+        return _train(model, cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision)
 
 
-def _train(cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision) -> TrainResult:
+def _train(model, cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision) -> TrainResult:
     amp = autocast_dtype(device, precision)
     if device.type == "cpu":
         keep_freed_memory()
-    model = build_model(cfg, data.in_shape, data.num_classes).to(device)
+    model = model.to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda" and not torch.backends.cudnn.deterministic:
