@@ -18,8 +18,8 @@ The sets, as the paper describes them:
   points moved by normal offsets (sd 1.5 px).
 - cifar10_rts: RTS on CIFAR-10 (rotation +-45 degrees, scale 0.7-1.2) in a 48 x 48 canvas (issue 16, section 4).
 
-Where the paper is not certain we chose, and CHOICES says what (bump VERSION when one changes); the report of a
-study on these sets prints the choices that concern its sets.
+Where the paper is not certain we chose, and the catalog's CHOICES says what; each set's base, canvas, family and
+settings are its catalog entry.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from typing import Callable
 
 import torch
 
+from stn_ablation.catalog import CATALOG, GENERATION_VERSION, Dataset
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from stn_ablation.data.datasets import SPECS, DataError, RawDataset, _digest, default_data_root, load_dataset
+from stn_ablation.data.datasets import DataError, RawDataset, _digest, default_data_root, load_dataset
 from stn_ablation.transforms import TPS_SIDE, tps_control_points, warp
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # of the generation code: part of the cache file name and the record (2: P redraws blank views)
+VERSION = GENERATION_VERSION
 SEED = 2015  # the default seed; each (set, split) draws from a generator seeded by a hash of (seed, set, split)
 BATCH = 4096  # images warped at once: a 42 x 42 grid for them is 58 MB of float32
 CORNERS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))  # the frame's outer corners, normalized (x, y)
@@ -51,13 +52,32 @@ ToParams = Callable[[torch.Tensor, int, int], torch.Tensor]  # (N x k draws, inp
 
 @dataclass(frozen=True)
 class Distortion:
-    base: str  # the dataset it is generated from
-    canvas: int  # output side in pixels
-    family: str  # the transforms family that samples it
+    """How a generated set is drawn; what it is (base, canvas, family, settings) is its entry in the catalog."""
+
+    name: str
     columns: tuple[str, ...]  # the per-image draws, in pixels and degrees
     draw: Draw
     params: ToParams
-    settings: dict  # the distribution, as recorded
+
+    @property
+    def facts(self) -> Dataset:
+        return CATALOG[self.name]
+
+    @property
+    def base(self) -> str:
+        return self.facts.base
+
+    @property
+    def canvas(self) -> int:
+        return self.facts.side
+
+    @property
+    def family(self) -> str:
+        return self.facts.family
+
+    @property
+    def settings(self) -> dict:
+        return self.facts.settings
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
@@ -176,66 +196,21 @@ def _tps_params(draws: torch.Tensor, side: int, canvas: int) -> torch.Tensor:
     return ((points + offsets) / s[:, None, None] - points).flatten(1)
 
 
-def _rts(base: str, canvas: int) -> Distortion:
-    return Distortion(base, canvas, "rts", ("angle_deg", "scale", "tx_px", "ty_px"), _rts_draw(45.0, (0.7, 1.2)),
-                      _rts_params, {"rotation_deg": [-45.0, 45.0], "scale": [0.7, 1.2],
-                                    "position": "uniform, keeping the nonzero pixels' box inside the canvas"})
-
-
-DISTORTIONS: dict[str, Distortion] = {
-    "mnist_r": Distortion("mnist", 28, "rts", ("angle_deg", "scale", "tx_px", "ty_px"), _rotation_draw(90.0),
-                          _rts_params, {"rotation_deg": [-90.0, 90.0]}),
-    "mnist_rts": _rts("mnist", 42),
-    "mnist_p": Distortion("mnist", 28, "projective", ("scale", *(f"{c}{k}_px" for k in range(4) for c in "xy")),
-                          _projective_draw((0.75, 1.0), 5.0), _projective_params,
-                          {"scale": [0.75, 1.0], "corner_offset_sd_px": 5.0}),
-    "mnist_e": Distortion("mnist", 28, "tps",
-                          ("scale", *(f"{c}{k}_px" for k in range(TPS_SIDE ** 2) for c in "xy")),
-                          _offsets_draw((0.75, 1.0), TPS_SIDE ** 2, 1.5), _tps_params,
-                          {"scale": [0.75, 1.0], "control_points": f"{TPS_SIDE}x{TPS_SIDE}",
-                           "control_offset_sd_px": 1.5}),
-    "cifar10_rts": _rts("cifar10", 48),
-}
-
-RTS_SETS = ("mnist_rts", "cifar10_rts")
-CHOICES: tuple[tuple[tuple[str, ...], str], ...] = (  # (the sets it concerns, the choice)
-    (("mnist_r", "mnist_p", "mnist_e"),
-     "Canvas: R, P and E stay 28 x 28 (MNIST's own frame; its 20 x 20 digit box, rotated by up to 45 degrees, spans "
-     "28.3 px, so only stroke ends reaching the box's corners can leave the frame). Only RTS is enlarged."),
-    (tuple(DISTORTIONS),
-     "Sampling: bilinear (`grid_sample`, align_corners=False), rounded to uint8. Fill: MNIST's background, 0; for "
-     "CIFAR-10 the training set's mean colour, not black: after normalization it is 0, the value the suite's "
-     "augmentations and a transformer's own `grid_sample` put outside an image, so the canvas border is no cue that "
-     "a model with or without a transformer sees differently, and no black frame marks the object's position and "
-     "rotation for free."),
-    (("mnist_r", *RTS_SETS),
-     "Rotation, scale and position are about the image centre; a positive angle turns the content counter-clockwise "
-     "on screen (transforms.rts_theta); scale > 1 enlarges the content."),
-    (RTS_SETS,
-     "RTS \"random position\": the translation is uniform over the range that keeps the transformed bounding box of "
-     "the image's nonzero pixels (for CIFAR-10, in practice the whole frame) inside the canvas, per axis; where the "
-     "box is larger than the canvas (CIFAR-10 at large scale and angle) that range is empty and the image is centred "
-     "on that axis. Every MNIST digit fits (a 20 px box spans at most 34 px at 45 degrees and scale 1.2)."),
-    (("mnist_p",),
-     "P: the forward map is exact: after scaling, the frame's four outer corners (not the pixel centres) move by the "
-     "offsets, and the sampling homography is solved from those four correspondences. Since version 2 the four offsets "
-     "are drawn again where the frame would not show one unfolded view with the digit in it: where the homography's "
-     "w is not positive over the whole frame (the plane folds through infinity inside it, as in the 0.3% of draws "
-     "whose moved corners make no convex quad) or the input's centre falls outside the frame. That is about 4% of "
-     "draws; left alone they make the image blank or nearly so (version 1: 25 of the 10,000 test images blank)."),
-    (("mnist_e",),
-     "E: the offsets are applied in the sampling direction: output control point k samples the input at "
-     "(P_k + n_k) / s. The inverse of a thin-plate spline is no spline, and for symmetric normal offsets the two "
-     "directions give the same distribution to first order."),
-    (tuple(DISTORTIONS),
-     "Determinism: same bytes for the same seed, torch version and CPU; a CPU with other vector instructions may "
-     "round a few pixels differently, which the record's `digest` shows."),
-)
+RTS_COLUMNS = ("angle_deg", "scale", "tx_px", "ty_px")
+DISTORTIONS: dict[str, Distortion] = {d.name: d for d in (
+    Distortion("mnist_r", RTS_COLUMNS, _rotation_draw(90.0), _rts_params),
+    Distortion("mnist_rts", RTS_COLUMNS, _rts_draw(45.0, (0.7, 1.2)), _rts_params),
+    Distortion("mnist_p", ("scale", *(f"{c}{k}_px" for k in range(4) for c in "xy")),
+               _projective_draw((0.75, 1.0), 5.0), _projective_params),
+    Distortion("mnist_e", ("scale", *(f"{c}{k}_px" for k in range(TPS_SIDE ** 2) for c in "xy")),
+               _offsets_draw((0.75, 1.0), TPS_SIDE ** 2, 1.5), _tps_params),
+    Distortion("cifar10_rts", RTS_COLUMNS, _rts_draw(45.0, (0.7, 1.2)), _rts_params),
+)}
 
 
 def _fill(spec: Distortion) -> tuple[float, ...]:
     """Per-channel value (0-255) outside the warped image: MNIST's background; CIFAR-10's mean colour."""
-    return tuple(255 * m for m in SPECS[spec.base].mean) if spec.base == "cifar10" else (0.0,)
+    return tuple(255 * m for m in CATALOG[spec.base].mean) if spec.base == "cifar10" else (0.0,)
 
 
 def split_seed(name: str, split: str, seed: int = SEED) -> int:

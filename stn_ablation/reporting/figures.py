@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from stn_ablation.catalog import title
 from stn_ablation.config import SWEEP_KINDS
 from stn_ablation.reporting.published import published_error
-from stn_ablation.reporting.tables import dataset_name
 from stn_ablation.reporting.results import Run, Study, picture_runs
 from stn_ablation.reporting.stats import LEVEL, mean_ci
 
@@ -94,7 +94,7 @@ def draw_datasets(study: Study, out: Path) -> dict[str, str]:
     several_augs = len({aug for _, _, aug, _ in cells}) > 1
     groups, references = [], {}
     for d, model, aug, runs in cells:
-        key = (dataset_name(d), f"{model} / {aug}" if several_augs else model)
+        key = (title(d), f"{model} / {aug}" if several_augs else model)
         groups.append((*key, [1 - r.metrics["final_test_acc"] for r in runs]))
         if (published := published_error(d, model, aug)) is not None:
             references[key] = published / 100

@@ -12,20 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from stn_ablation.catalog import CATALOG, title
 from stn_ablation.config import SWEEP_KINDS
 from stn_ablation.reporting.published import PUBLISHED_ERROR, STN_PAPER, published_error
 from stn_ablation.reporting.results import Run, Study
 from stn_ablation.reporting.stats import (ALPHA, LEVEL, NO_SPREAD, UNDERPOWERED, Estimate, PairedTest, holm, mean_ci,
                                 paired_t)
-
-DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "mnist_r": "MNIST R", "mnist_rts": "MNIST RTS",
-                 "mnist_p": "MNIST P", "mnist_e": "MNIST E", "cifar10_rts": "CIFAR-10 RTS"}
-
-
-def dataset_name(dataset: str) -> str:
-    """How a report calls a dataset (MNIST RTS for mnist_rts); its identifier where none is set."""
-    return DATASET_NAMES.get(dataset, dataset)
-
 
 AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rotate/zoom/shift+flip"}
 # the `theta/*` statistics of every transform family (transforms.Family.describe), in table order; a table shows
@@ -34,11 +26,6 @@ AUG_WORDS = {"none": "no augmentation", "standard": "crop+flip", "affine": "rota
 THETA = (("scale", "scale"), ("rotation_deg", "rotation (°)"), ("shear", "shear"), ("px", "perspective x"),
          ("py", "perspective y"), ("displacement", "control-point shift"), ("tx", "tx"), ("ty", "ty"),
          ("identity_dist", "‖θ−I‖"))
-# pixels per side of each dataset's images: turns normalized translations into pixels (distorted.py's canvases)
-IMAGE_SIZE = {"cifar10": 32, "mnist": 28, "mnist_r": 28, "mnist_rts": 42, "mnist_p": 28, "mnist_e": 28,
-              "cifar10_rts": 48}
-
-
 @dataclass(frozen=True)
 class Table:
     """A table as shown (`headers`, `rows` of strings) and its raw numbers (`data`, one dict per row: CSV, tests)."""
@@ -171,7 +158,7 @@ def error_table(study: Study) -> Table:
     cited = {d for d, _ in parts if any(key[0] == d for key in PUBLISHED_ERROR)}
     headers = ["variant", "aug"]
     for d, _ in parts:
-        headers += [dataset_name(d)] + ([f"{dataset_name(d)}, paper"] if d in cited else [])
+        headers += [title(d)] + ([f"{title(d)}, paper"] if d in cited else [])
     rows, data = [], []
     for model in study.models:
         for aug in study.augs:
@@ -207,7 +194,7 @@ def transformer_effects_table(found: list[Comparison], study: Study) -> Table:
     for c in ranked:
         d, published = c.test.diff, _published_difference(c)
         ours = -100 * d.mean if c.test.n else None
-        rows.append([c.label, c.setting, dataset_name(c.dataset), str(c.test.n),
+        rows.append([c.label, c.setting, title(c.dataset), str(c.test.n),
                      _num(ours, "+.2f"),
                      _interval(d, -100),
                      _p(c.holm_p), _num(published, "+.1f"), _agreement(c, published)])
@@ -253,9 +240,9 @@ def sign_sentences(found: list[Comparison], study: Study) -> list[str]:
             continue
         signs = {_sign(c.test.diff.mean) for c in on if c.test.tested and c.holm_p < ALPHA}
         points = {_sign(c.test.diff.mean) for c in on}
-        each = ", ".join(f"{-100 * c.test.diff.mean:+.2f} on {dataset_name(c.dataset)}"
+        each = ", ".join(f"{-100 * c.test.diff.mean:+.2f} on {title(c.dataset)}"
                          + (" (significant)" if c.test.tested and c.holm_p < ALPHA else "") for c in on)
-        zero = ", ".join(dataset_name(c.dataset) for c in on if _sign(c.test.diff.mean) == 0)
+        zero = ", ".join(title(c.dataset) for c in on if _sign(c.test.diff.mean) == 0)
         verdict = ("the sign changes, significantly on both sides" if len(signs) == 2 else
                    "the point estimates change sign" if {-1, 1} <= points else
                    "the sign is the same on every dataset" if not zero else
@@ -453,7 +440,7 @@ def theta_sentence(row: dict[str, Any], dataset: str) -> str:
     """What one row of the transform table means, in words, in its family's terms: scale and rotation where the
     family has them, perspective for projective, control-point displacement and mean offset for tps, and the
     shift of its view for the others."""
-    half = IMAGE_SIZE.get(dataset, 32) / 2
+    half = (CATALOG[dataset].side if dataset in CATALOG else 32) / 2
     parts = []
     if (s := row.get("scale_mean")) is not None:
         rot = row["rotation_deg_mean"]
