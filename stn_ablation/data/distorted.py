@@ -36,7 +36,7 @@ import torch
 
 from stn_ablation.catalog import CATALOG, GENERATION_VERSION, Dataset
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from stn_ablation.data.datasets import DataError, RawDataset, _digest, default_data_root, load_dataset
+from stn_ablation.data.releases import DataError, RawDataset, default_data_root, digest, load_release
 from stn_ablation.transforms import TPS_SIDE, tps_control_points, warp
 
 log = logging.getLogger(__name__)
@@ -246,19 +246,19 @@ def generate(name: str, base: RawDataset, seed: int = SEED, n: int | None = None
         content[f"{split}_draws"] = draws.float()
     content["record"] = {
         "dataset": name, "version": VERSION, "base": spec.base, "base_provenance": base.provenance,
-        "base_digest": _base_digest(base), "seed": seed, "n": n,
+        "base_digest": _basedigest(base), "seed": seed, "n": n,
         "split_seeds": {split: split_seed(name, split, seed) for split in ("train", "test")},
         "canvas": spec.canvas, "family": spec.family, **spec.settings,
         "sampling": "bilinear grid_sample (align_corners=False), rounded to uint8",
         "fill": [round(v, 2) for v in _fill(spec)], "draw_columns": list(spec.columns),
-        "digest": {split: _digest(content[f"{split}_x"], content[f"{split}_y"]) for split in ("train", "test")},
+        "digest": {split: digest(content[f"{split}_x"], content[f"{split}_y"]) for split in ("train", "test")},
         "generation_s": round(time.perf_counter() - start, 2), "torch": str(torch.__version__),
     }
     return content
 
 
-def _base_digest(base: RawDataset) -> dict[str, str]:
-    return {split: _digest(getattr(base, f"{split}_x"), getattr(base, f"{split}_y")) for split in ("train", "test")}
+def _basedigest(base: RawDataset) -> dict[str, str]:
+    return {split: digest(getattr(base, f"{split}_x"), getattr(base, f"{split}_y")) for split in ("train", "test")}
 
 
 def cache_path(folder: Path, name: str, seed: int = SEED, n: int | None = None) -> Path:
@@ -276,9 +276,9 @@ def load(name: str, root: Path | str | None = None, download: bool = True, *, se
     if name not in DISTORTIONS:
         raise DataError(f"unknown distorted dataset {name!r}; choose one of {', '.join(DISTORTIONS)}")
     root = Path(root).expanduser().resolve() if root else default_data_root().resolve()
-    base = load_dataset(DISTORTIONS[name].base, root, download)
+    base = load_release(DISTORTIONS[name].base, root, download)
     path = cache_path(Path(cache) if cache else root / "distorted", name, seed, n)
-    content = _read_cache(path, _base_digest(base), seed, n)
+    content = _read_cache(path, _basedigest(base), seed, n)
     if content is None:
         content = generate(name, base, seed, n)
         log.info("generated %s in %.1f s", name, content["record"]["generation_s"])

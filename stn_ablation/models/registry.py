@@ -1,4 +1,5 @@
-"""The one registry of model variants: a name -> factory dict, filled by decorated factories in `variants/`."""
+"""The one registry of model variants: a name -> factory dict, filled by the decorated factories of the families
+(tutorial.py, loc3.py, paper.py), which the package's face imports; the registry imports no family."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn as nn
 
 from stn_ablation.config import FROZEN_LEARNED, TrainConfig
 from stn_ablation.errors import ConfigError, UsageError
+from stn_ablation.models.blocks import FixedTransform
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,12 @@ def register_variant(name: str, *, twin: str | None = None
 
 def list_variants(pattern: str = "*") -> list[str]:
     """Registered variant names matching a shell-style pattern, sorted."""
-    _load_variants()
+    _derive_controls()
     return sorted(n for n in _VARIANTS if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_variant(name: str) -> Variant:
-    _load_variants()
+    _derive_controls()
     try:
         return _VARIANTS[name]
     except KeyError:
@@ -95,11 +97,9 @@ def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: i
 FROZEN_SUFFIX = "+frozen"
 
 
-def _load_variants() -> None:
-    """Import the variant modules, whose decorators fill the registry, then derive each STN's frozen-transform
-    control; deferred so `import registry` stays cheap."""
-    from stn_ablation.models import loc3, paper, tutorial  # noqa: F401
-
+def _derive_controls() -> None:
+    """Derive each registered STN's frozen-transform control (the families are registered by the package's face,
+    which imports them), on first use so that a family registered later gets one too."""
     for stn in [v for v in _VARIANTS.values() if v.has_transformer]:
         name = stn.twin + FROZEN_SUFFIX
         if name not in _VARIANTS:
@@ -114,7 +114,6 @@ def _frozen_factory(twin: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
     def build(in_shape=None, num_classes=None, frozen: str = "affine:1,0,0,0,1,0") -> nn.Module:
         from stn_ablation.config import frozen_transform
-        from stn_ablation.models.blocks import FixedTransform
 
         model = twin(**{k: v for k, v in (("in_shape", in_shape), ("num_classes", num_classes)) if v is not None})
         model.stn = FixedTransform(*frozen_transform(frozen))

@@ -22,7 +22,6 @@ from stn_ablation.training.allocator import keep_freed_memory
 from stn_ablation.data.augment import augment
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
-from stn_ablation.errors import ConfigError
 from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import (autocast, autocast_dtype, channels_last, deterministic_kernels, eval_batch_size,
                                  precision_flag, precision_name)
