@@ -3,7 +3,7 @@ device, precision, numerics version) equals a cell's, so a change that moves the
 version would let old runs stand in for new ones.
 
 WHEN THIS TEST FAILS: a change altered what the trainer computes. If that was meant (a fix, a new default), bump
-`NUMERICS_VERSION` in stn_ablation/identity.py and record the new fingerprints with
+`NUMERICS_VERSION` in stn_ablation/tracking/identity.py and record the new fingerprints with
 `STN_ABLATE_RECORD_NUMERICS=1 pytest tests/test_numerics.py` (commit tests/numerics.json); earlier runs are then
 never reused. If it was not meant (a refactor), find what moved the numbers.
 

@@ -12,7 +12,7 @@ STN_PAPER_TRAINING = ("150,000 iterations of SGD at batch 256, base learning rat
                       "iterations")
 
 # (dataset, model as the report names its cells) -> % test error. The paper's CNN is `paper_cnn`; its ST-CNN with
-# an affine, projective or thin-plate-spline transformer is `paper_stn` with that family (stn_ablation/variants/
+# an affine, projective or thin-plate-spline transformer is `paper_stn` with that family (stn_ablation/models/
 # paper.py says where our rebuild differs from the paper's).
 PUBLISHED_ERROR: dict[tuple[str, str], float] = {
     (dataset, model): error
