@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display is assumed
-
-import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
+from matplotlib.figure import Figure
 
 from stn_ablation.data.datasets import DataSplits, denormalize
 
 
 @torch.no_grad()
-def stn_grid(model: nn.Module, data: DataSplits, n: int = 16, title: str = "") -> plt.Figure:
-    """Row pairs of the first `n` test images (top) and what the model's transformer makes of them (bottom)."""
+def stn_grid(model: nn.Module, data: DataSplits, n: int = 16, title: str = "") -> Figure:
+    """Row pairs of the first `n` test images (top) and what the model's transformer makes of them (bottom). A bare
+    Figure, drawn by Agg when saved: no pyplot, so no backend is chosen for the process and nothing needs closing."""
     was_training = model.training
     model.eval()
     x = data.test_x[:n]
@@ -24,7 +21,8 @@ def stn_grid(model: nn.Module, data: DataSplits, n: int = 16, title: str = "") -
     before, after = denormalize(x, data), denormalize(warped, data)
     cols = min(n, 8)
     rows = 2 * ((n + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.15), squeeze=False)
+    fig = Figure(figsize=(cols * 1.1, rows * 1.15))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(n):
         r, c = 2 * (i // cols), i % cols
         for row, img in ((r, before[i]), (r + 1, after[i])):

@@ -144,9 +144,6 @@ class Recorder:
 
             fig = stn_grid(model, self.data, title=f"{self.run.cfg.variant}, epoch {stats.epoch}")
             self.tracker.log_figure(self.run_id, fig, f"stn/epoch_{stats.epoch:03d}.png")
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
 
     def end(self, result: TrainResult) -> None:
         self.sampling.close()  # system metrics describe training, not the evaluation below

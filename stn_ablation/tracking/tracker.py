@@ -307,9 +307,6 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.client.log_text(run_id, text, path)
-
     def log_dict(self, run_id: str, value: dict, path: str) -> None:
         self.client.log_text(run_id, json.dumps(value, indent=2, sort_keys=True), path)
 
