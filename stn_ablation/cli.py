@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from stn_ablation.models.registry import create_model, get_variant, list_variants
-    from stn_ablation.study.spec import list_studies, load_study
+    from stn_ablation.study.spec import list_studies, load_spec
     from stn_ablation.transforms import FAMILIES
 
     names = list_variants()
@@ -149,7 +149,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{family.name:<14} {family.n_params:>8}")
     print(f"\n{'study':<16} {'trials':>6}  description")
     for name in list_studies():
-        spec = load_study(name)
+        spec = load_spec(name)
         print(f"{name:<16} {spec.n_trials:>6}  {spec.description.splitlines()[0]}")
 
 
@@ -157,10 +157,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     from stn_ablation.device import select_device, worker_devices
     from stn_ablation.paths import StateHome
     from stn_ablation.study.worker import Worker, summarize
-    from stn_ablation.study.spec import load_study
+    from stn_ablation.study.spec import load_spec
     from stn_ablation.tracking.tracker import Tracker
 
-    spec = load_study(args.study, epochs=args.epochs, subset=args.subset, n_trials=args.n_trials)
+    spec = load_spec(args.study, epochs=args.epochs, subset=args.subset, n_trials=args.n_trials)
     home = StateHome.resolve(args.home)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")

@@ -23,7 +23,7 @@ from stn_ablation.training.evaluate import score
 from stn_ablation.paths import StateHome
 from stn_ablation.tracking.run import TrackedRun, run_tracked
 from stn_ablation.study.storage import open_storage
-from stn_ablation.study.spec import StudyFileError, load_study
+from stn_ablation.study.spec import StudyFileError, load_spec
 from stn_ablation.tracking.tracker import Tracker
 from stn_ablation.models.registry import build_model
 from stn_ablation.training.train import train
@@ -48,7 +48,7 @@ def quick(data_root, tmp_path_factory):
     args = ["run", "--study", str(study), "--home", str(home), "--epochs", str(EPOCHS), "--subset", str(SUBSET),
             "--device", "cpu"]
     assert main(args) == 0
-    spec = load_study(str(study), epochs=EPOCHS, subset=SUBSET)
+    spec = load_spec(str(study), epochs=EPOCHS, subset=SUBSET)
     parents, children = child_runs(home, "quick")
     return {"home": home, "spec": spec, "parent": parents[0], "children": children,
             "client": MlflowClient(f"sqlite:///{home / 'mlflow.db'}")}
@@ -111,7 +111,7 @@ def test_optuna_study_has_curves_names_and_the_mlflow_ids(quick):
         assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
         assert t.value == t.intermediate_values[EPOCHS]
     storage, _ = open_storage(None, StateHome(quick["home"]), quick["spec"].storage_name)
-    study = optuna.load_study(study_name=quick["spec"].storage_name, storage=storage)
+    study = optuna.load_spec(study_name=quick["spec"].storage_name, storage=storage)
     assert study.metric_names == ["val_acc"]
     assert study.user_attrs["mlflow_parent_run_id"] == quick["parent"].info.run_id
     assert study.user_attrs["mlflow_experiment_id"] == quick["parent"].info.experiment_id
@@ -196,12 +196,12 @@ def test_tuning_trials_never_share_a_run(data_root, tmp_path, workers):
     if workers == 1:
         killed = cli(home, *command, STN_ABLATE_FAULT="between_trials:1")
         assert killed.returncode != 0
-        assert len(study_trials(home, load_study(str(study)))) == 1
+        assert len(study_trials(home, load_spec(str(study)))) == 1
     done = cli(home, *command)
     assert done.returncode == 0, done.stderr[-2000:]
     _, children = child_runs(home, "same")
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    trials = study_trials(home, load_study(str(study)))
+    trials = study_trials(home, load_spec(str(study)))
     assert len(trials) == 5 and all(t.user_attrs["status"] == "finished" for t in trials)
     assert len(children) == 5
     assert sorted(int(r.data.tags["trial"]) for r in children) == [t.number for t in trials]
@@ -229,7 +229,7 @@ images = 0
 '''
     path.write_text(body.format(metric=""))
     with pytest.raises(StudyFileError, match='val_size = 0.*metric = "test_acc"'):
-        load_study(str(path))
+        load_spec(str(path))
     path.write_text(body.format(metric='metric = "test_acc"'))
     assert main(["run", "--study", str(path), "--home", str(tmp_path / "home"), "--device", "cpu"]) == 0
     captured = capsys.readouterr()

@@ -121,7 +121,7 @@ def find_study(name_or_path: str) -> Path:
     return shipped
 
 
-def load_study(name_or_path: str, **overrides: Any) -> StudySpec:
+def load_spec(name_or_path: str, **overrides: Any) -> StudySpec:
     """Read and validate a study file; `overrides` (epochs, subset, n_trials, ...) win over the file."""
     path = find_study(name_or_path)
     raw_bytes = path.read_bytes()
