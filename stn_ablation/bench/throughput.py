@@ -1,53 +1,41 @@
 """`stn-ablate bench`: the trainer's speed, measured in one process run against the tutorial-style reference
-pipeline (reference.py), against the FLOPs it does and this device's matmul peak; the STN's share of a training
-step; and, optionally, trials/hour with 1 vs 2 worker processes. It prints numbers, never asserts them: speed
+pipeline (reference.py), against the FLOPs it does and this device's matmul peak (flops.py); the STN's share of a
+training step; and, optionally, trials/hour with 1 vs 2 worker processes (workers.py). It prints numbers, never asserts them: speed
 claims come from this output, with the command beside them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from stn_ablation.bench.flops import FLOP_BATCH, matmul_peak, peak_dtypes, training_flops
+from stn_ablation.bench.workers import synthetic_cifar, threads_word, workers_report
 from stn_ablation.config import REFERENCE_AUGMENTATIONS, TrainConfig
 from stn_ablation.data.datasets import DataSplits, RawDataset, load_dataset, prepare, split_indices
-from stn_ablation.device import (autocast_dtype, cpu_has_native_bf16, device_model, eval_batch_size, usable_cores,
-                                 worker_devices)
+from stn_ablation.device import (autocast_dtype, cpu_has_native_bf16, device_model, eval_batch_size, usable_cores)
 from stn_ablation.errors import ConfigError
 from stn_ablation.training.evaluate import predict
 from stn_ablation.models.registry import build_model, create_model, get_variant
 from stn_ablation.training.train import train
 
 log = logging.getLogger(__name__)
-# stn_ablation.bench.reference (torchvision, ~2 s to import) is imported where it is used: the --workers processes import
-# this module for trial_worker and need only the trainer.
+# stn_ablation.bench.reference (torchvision, ~2 s to import) is imported where it is used.
 
 ROUND_S = 2.5  # target seconds of one training round of one pipeline; --seconds sets how many rounds
 TRAIN_SHARE = 0.75  # fraction of each pipeline's --seconds spent in training rounds, the rest in evaluation
 ROUNDS = (2, 6)  # fewest and most interleaved (trainer, reference) rounds per variant and phase
 MIN_STEPS = 2  # optimizer steps in the smallest trainer epoch (warm-up and timed rounds)
 MIN_EVAL = 256  # images in the smallest evaluation round
-FLOP_BATCH = 8  # images in the forward+backward that FLOPs are counted over
-UNCOUNTED = ("affine_grid", "grid_sampler")  # arithmetic ops FlopCounterMode has no formula for: the STN's warp
 SYNTHETIC = (50_000, 10_000)  # training and test images of the synthetic CIFAR-shaped dataset
-TRIAL = ("tutorial_stn", 2048, 512)  # --workers: variant, training images, validation (= test) images of a trial
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -93,7 +81,7 @@ def run_bench(*, variants: list[str], aug: str, batch_size: int, device: torch.d
     raw = load_dataset("cifar10", data_root) if real_data else synthetic_cifar(*SYNTHETIC)
     pool = prepare(raw, device, val_size=0)  # every variant trains on a prefix: what prepare(subset=n) would keep
     plan = Plan.for_seconds(seconds)
-    peaks = {dtype: matmul_peak(device, dtype, min(1.0, seconds / 4)) for dtype in _peak_dtypes(amp)}
+    peaks = {dtype: matmul_peak(device, dtype, min(1.0, seconds / 4)) for dtype in peak_dtypes(amp)}
     results = []
     for name in variants:
         log.info("bench: %s (%d rounds of %.1f s training + %.1f s evaluation per pipeline)",
@@ -102,18 +90,8 @@ def run_bench(*, variants: list[str], aug: str, batch_size: int, device: torch.d
     lines = _header(raw, real_data, aug, batch_size, device, precision, amp, plan, peaks, _others(usage))
     lines += _report(results, peaks, amp)
     if workers:
-        lines += _workers_report(aug, batch_size, device, precision, seconds)
+        lines += workers_report(aug, batch_size, device, precision, seconds)
     return "\n".join(lines)
-
-
-def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> RawDataset:
-    """CIFAR-10-shaped uniform random uint8 images and labels; named cifar10 so prepare() normalizes them alike."""
-    g = torch.Generator().manual_seed(seed)
-    images = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)  # noqa: E731
-    labels = lambda n: torch.randint(0, 10, (n,), generator=g)  # noqa: E731
-    return RawDataset("cifar10", images(n_train), labels(n_train), images(n_test), labels(n_test),
-                      tuple(f"class{i}" for i in range(10)),
-                      "synthetic CIFAR-10-shaped data: uniform random uint8 pixels and labels", "synthetic")
 
 
 def measure_variant(name: str, raw: RawDataset, pool: DataSplits, aug: str, batch_size: int, device: torch.device,
@@ -226,80 +204,6 @@ def _predict_rate(model: nn.Module, x: torch.Tensor, batch_size: int, amp: torch
     return len(x) / (time.perf_counter() - start)
 
 
-class _OpRecorder(TorchDispatchMode):
-    """Records the name of every aten op that runs under it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: set = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func._overloadpacket)
-        return func(*args, **(kwargs or {}))
-
-
-def training_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, tuple[str, ...]]:
-    """FLOPs of one forward+backward of cross-entropy on (x, y), as FlopCounterMode counts them (matmuls and
-    convolutions; a multiply-add is 2), and the ops in UNCOUNTED that ran and are not in that count. Gradients
-    are left as they were: none."""
-    model.train()
-    recorder = _OpRecorder()
-    with FlopCounterMode(display=False) as counter, recorder:
-        F.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    missed = {str(op).removeprefix("aten.") for op in recorder.ops if op not in flop_registry}
-    return counter.get_total_flops(), tuple(sorted(m for m in missed if m.startswith(UNCOUNTED)))
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype | None, seconds: float) -> tuple[float, int] | None:
-    """Best FLOP/s of a square `torch.mm` in `dtype` (None: fp32) over about `seconds`, and its size n (doubled
-    from 256 until one product takes 50 ms); None where the device cannot multiply in `dtype`. fp32 is multiplied
-    with the TF32 setting the convolutions run with (cuDNN's, on by default), so a trainer's fp32 %peak compares
-    its convolutions with the arithmetic they actually use."""
-    with _matmul_tf32(torch.backends.cudnn.allow_tf32):
-        return _matmul_peak(device, dtype or torch.float32, seconds)
-
-
-@contextlib.contextmanager
-def _matmul_tf32(allow: bool) -> Iterator[None]:
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def _matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float) -> tuple[float, int] | None:
-    n = 256
-    try:
-        while True:
-            a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-            _time_mm(a, b)  # set-up
-            best = _time_mm(a, b)
-            if best >= 0.05 or n >= 8192:
-                break
-            n *= 2
-    except RuntimeError:
-        return None
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        best = min(best, _time_mm(a, b))
-    return 2 * n ** 3 / best, n
-
-
-def _time_mm(a: torch.Tensor, b: torch.Tensor) -> float:
-    start = time.perf_counter()
-    float(torch.mm(a, b)[0, 0])  # reading an element waits for the device
-    return time.perf_counter() - start
-
-
-def _peak_dtypes(amp: torch.dtype | None) -> list[torch.dtype | None]:
-    """fp32 always, bf16 always (on CPUs without bf16 instructions it is emulated, and labelled so), fp16 when
-    that is the precision in use. None stands for fp32, as in autocast_dtype."""
-    return [None, torch.bfloat16] + ([torch.float16] if amp is torch.float16 else [])
-
-
 def stn_share(stn_rate: float, twin_rate: float) -> float:
     """Fraction of the STN variant's step time its twin does not spend: (t_stn - t_twin) / t_stn, t = 1 / rate."""
     return (1 / stn_rate - 1 / twin_rate) / (1 / stn_rate)
@@ -331,7 +235,7 @@ def _header(raw: RawDataset, real_data: bool, aug: str, batch_size: int, device:
         for dtype, p in peaks.items())
     return [
         f"stn-ablate bench: torch {torch.__version__}, device {device} ({device_model(device)}), precision "
-        f"{PRECISION_NAMES[amp]} (asked: {precision}), {_threads(torch.get_num_threads())}, batch size "
+        f"{PRECISION_NAMES[amp]} (asked: {precision}), {threads_word(torch.get_num_threads())}, batch size "
         f"{batch_size}, aug {aug}",
         f"data: {data}",
         "trainer: stn_ablation.training.train.train (1 epoch per round, its EpochStats.images_per_s); evaluation: "
@@ -393,102 +297,3 @@ def _report(results: list[Measured], peaks: dict, amp: torch.dtype | None) -> li
     return lines
 
 
-def _workers_report(aug: str, batch_size: int, device: torch.device, precision: str, seconds: float) -> list[str]:
-    """Trials/hour of 1 vs 2 worker processes. On the CPU they split its cores; on CUDA each gets the GPU
-    `stn-ablate run --workers 2 --share-gpus` would give it (its own where there are two, else one shared), and
-    the lines name those GPUs, since there the GPU, not the CPU threads, does the work."""
-    cores = usable_cores()
-    half = max(1, cores // 2)
-    settings = [[str(device)], worker_devices(str(device), 2, share_gpus=True)]
-    one, two = (trials_per_hour(run_workers(devices, threads, seconds, aug, batch_size, precision))
-                for devices, threads in zip(settings, (cores, half)))
-    variant, n_train, n_eval = TRIAL
-    return ["", f"worker processes: a trial = {variant}, 1 epoch on {n_train} synthetic images, then "
-                f"{n_eval} validation + {n_eval} test images evaluated; aug {aug}, batch size {batch_size}; "
-                f"~{seconds:.0f} s of trials per setting after a warm-up trial",
-            f"  {_workers_label(settings[0], cores)}: {one:.0f} trials/hour",
-            f"  {_workers_label(settings[1], half)}: {two:.0f} trials/hour ({two / one:.2f}x)"]
-
-
-def _workers_label(devices: list[str], threads: int) -> str:
-    """`1 process   x 4 threads` on the CPU; `2 processes on cuda:0, cuda:1 (NVIDIA ...)` on CUDA."""
-    processes = f"{len(devices)} process{'es' if len(devices) > 1 else '  '}"
-    if not devices[0].startswith("cuda"):
-        return f"{processes} x {_threads(threads)}"
-    return f"{processes} on {', '.join(devices)} ({device_model(torch.device(devices[0]))})"
-
-
-def _threads(n: int) -> str:
-    return f"{n} thread{'s' if n != 1 else ''}"
-
-
-@dataclass(frozen=True)
-class WorkerTrials:
-    """What one trial_worker process measured: `trials` whole trials in its timed window of `seconds`."""
-
-    trials: int
-    seconds: float
-
-
-def trials_per_hour(workers: list[WorkerTrials]) -> float:
-    """The processes' combined rate: the sum of each one's trials per hour of its own timed window."""
-    return sum(3600 * w.trials / w.seconds for w in workers)
-
-
-def run_workers(devices: list[str], threads: int, seconds: float, aug: str, batch_size: int, precision: str,
-                trial: tuple[str, int, int] = TRIAL) -> list[WorkerTrials]:
-    """Run one trial_worker process on each of `devices`, concurrently, `threads` threads each, started together
-    after their warm-up; what each measured. `trial` is (variant, training images, validation = test images)."""
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    code = lambda device: (f"from stn_ablation.bench.throughput import trial_worker; trial_worker({threads}, {seconds!r}, "  # noqa: E731
-                           f"{aug!r}, {batch_size}, {device!r}, {precision!r}, {trial!r})")
-    errs = [tempfile.TemporaryFile("w+") for _ in devices]
-    procs = [subprocess.Popen([sys.executable, "-c", code(device)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=err, text=True, env=env) for device, err in zip(devices, errs)]
-    try:
-        for p, err in zip(procs, errs):
-            if not any(line.strip() == "ready" for line in p.stdout):
-                _failed(p, err)
-        for p in procs:  # all warmed up: start them together
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        done = []
-        for p, err in zip(procs, errs):
-            out = p.communicate(timeout=600 + 10 * seconds)[0]
-            if p.returncode != 0:
-                _failed(p, err)
-            done.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for err in errs:
-            err.close()
-    return [WorkerTrials(**d) for d in done]
-
-
-def _failed(process: subprocess.Popen, stderr) -> None:
-    process.wait()
-    stderr.seek(0)
-    raise RuntimeError(f"bench worker process exited with {process.returncode}: {stderr.read()[-2000:]}")
-
-
-def trial_worker(threads: int, seconds: float, aug: str, batch_size: int, device: str, precision: str,
-                 trial: tuple[str, int, int]) -> None:
-    """Body of one --workers process: warm up with one trial, print "ready", wait for a line on stdin, then run
-    trials until `seconds` have passed and print {"trials": n, "seconds": s} as JSON."""
-    torch.set_num_threads(threads)
-    variant, n_train, n_eval = trial
-    dev = torch.device(device)
-    data = prepare(synthetic_cifar(n_train + n_eval, n_eval), dev, val_size=n_eval)
-    cfg = TrainConfig(variant=variant, aug=aug, batch_size=batch_size, epochs=1, val_size=n_eval)
-    train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, dev, precision=precision)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    start, trials = time.perf_counter(), 0
-    while trials == 0 or time.perf_counter() - start < seconds:
-        train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, dev, precision=precision)
-        trials += 1
-    print(json.dumps({"trials": trials, "seconds": time.perf_counter() - start}), flush=True)
