@@ -48,7 +48,7 @@ def study_trials(home: Path, spec: StudySpec, storage_url: str | None = None) ->
     """Every Optuna trial of the study `spec` (loaded with the run's overrides, which are part of its storage name),
     read through the storage `run` opens: `storage_url`, or the state folder's journal by default."""
     storage, _ = open_storage(storage_url, StateHome(home), spec.storage_name)
-    return optuna.load_spec(study_name=spec.storage_name, storage=storage).get_trials()
+    return optuna.load_study(study_name=spec.storage_name, storage=storage).get_trials()
 
 
 def steps(home: Path, run_id: str, metric: str = "train_loss") -> list[int]:

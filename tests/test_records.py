@@ -111,7 +111,7 @@ def test_optuna_study_has_curves_names_and_the_mlflow_ids(quick):
         assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1))
         assert t.value == t.intermediate_values[EPOCHS]
     storage, _ = open_storage(None, StateHome(quick["home"]), quick["spec"].storage_name)
-    study = optuna.load_spec(study_name=quick["spec"].storage_name, storage=storage)
+    study = optuna.load_study(study_name=quick["spec"].storage_name, storage=storage)
     assert study.metric_names == ["val_acc"]
     assert study.user_attrs["mlflow_parent_run_id"] == quick["parent"].info.run_id
     assert study.user_attrs["mlflow_experiment_id"] == quick["parent"].info.experiment_id
