@@ -28,7 +28,8 @@ from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.models.registry import get_variant
 from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG
-from stn_ablation.tracking.run import ROBUSTNESS_TAG, TrackedRun, robustness_sweeps, robustness_tag, run_tracked
+from stn_ablation.tracking.run import ROBUSTNESS_TAG, TrackedRun, robustness_tag, run_tracked
+from stn_ablation.training.final import robustness_sweeps
 from stn_ablation.study.storage import StorageError, open_storage
 from stn_ablation.study.spec import StudySpec
 from stn_ablation.tracking.tracker import KEY_TAG, PARENT_TAG, Tracker

@@ -17,12 +17,11 @@ import torch.nn as nn
 
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data.datasets import DataSplits
-from stn_ablation.device import autocast_dtype, eval_batch_size, precision_name
-from stn_ablation.training.evaluate import score
+from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.tracking.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
 from stn_ablation.models.registry import build_model, get_variant
-from stn_ablation.training.robustness import sweep_accuracy, theta_stats
 from stn_ablation.tracking.tracker import DatasetRecord, Tracker
+from stn_ablation.training.final import final_evaluation
 from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
 
 ROBUSTNESS_TAG = "robustness"  # the sweeps a run was evaluated under (robustness_tag)
@@ -168,12 +167,9 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
     tracker.log_metrics_once(run_id, {k: v for k, v in final.items() if math.isfinite(v)}, step=len(history))
     tracker.log_dict(run_id, cfg.as_dict(), "config.json")
     if result.status == "finished":
-        device = data.test_x.device
-        amp, batch = autocast_dtype(device, precision), eval_batch_size(device, cfg.eval_batch_size)
-        test = score(model, data.test_x, data.test_y, data.num_classes, batch, amp)
-        tracker.log_dict(run_id, dict(zip(data.classes, test.per_class())), "per_class_test_acc.json")
-        tracker.log_metrics_once(run_id, {**robustness_sweeps(model, cfg, data, robustness, precision),
-                                          **theta_stats(model, data.test_x, batch)})
+        evaluation = final_evaluation(model, cfg, data, robustness, precision)
+        tracker.log_dict(run_id, evaluation.per_class_test_acc, "per_class_test_acc.json")
+        tracker.log_metrics_once(run_id, evaluation.metrics)
         tracker.log_model(run_id, model, data.test_x[:2])
     tracker.end_run(run_id, result.status, result.reason)
 
@@ -196,15 +192,6 @@ def _log_generation(tracker: Tracker, run_id: str, generation: dict) -> None:
     tracker.log_dict(run_id, generation, "data/generation.json")
     tracker.set_tags(run_id, {"data_generation_version": str(generation["version"]),
                               "data_generation_seed": str(generation["seed"])})
-
-
-def robustness_sweeps(model: nn.Module, cfg: TrainConfig, data: DataSplits, robustness: RobustnessConfig,
-           precision: str) -> dict[str, float]:
-    """The robustness sweeps' accuracies (`robust/*`) of a trained model: after training, and when a study reuses
-    a run whose sweeps were another study's."""
-    device = data.test_x.device
-    return sweep_accuracy(model, data.test_x, data.test_y, robustness, eval_batch_size(device, cfg.eval_batch_size),
-                          autocast_dtype(device, precision))
 
 
 def robustness_tag(robustness: RobustnessConfig) -> str:
