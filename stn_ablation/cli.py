@@ -11,7 +11,7 @@ from pathlib import Path
 
 from stn_ablation.config import AUGMENTATIONS, DATASETS, PRECISIONS, REFERENCE_AUGMENTATIONS
 from stn_ablation.errors import UsageError
-from stn_ablation.report import FORMATS
+from stn_ablation.reporting.report import FORMATS
 
 
 DESCRIPTION = """Does a spatial transformer help this classifier, and when? Ablations of STN variants against
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from stn_ablation.registry import create_model, get_variant, list_variants
-    from stn_ablation.studyfile import list_studies, load_study
+    from stn_ablation.models.registry import create_model, get_variant, list_variants
+    from stn_ablation.study.spec import list_studies, load_spec
     from stn_ablation.transforms import FAMILIES
 
     names = list_variants()
@@ -149,18 +149,18 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{family.name:<14} {family.n_params:>8}")
     print(f"\n{'study':<16} {'trials':>6}  description")
     for name in list_studies():
-        spec = load_study(name)
+        spec = load_spec(name)
         print(f"{name:<16} {spec.n_trials:>6}  {spec.description.splitlines()[0]}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from stn_ablation.device import select_device, worker_devices
     from stn_ablation.paths import StateHome
-    from stn_ablation.study import Worker, summarize
-    from stn_ablation.studyfile import load_study
-    from stn_ablation.tracking import Tracker
+    from stn_ablation.study.worker import Worker, summarize
+    from stn_ablation.study.spec import load_spec
+    from stn_ablation.tracking.tracker import Tracker
 
-    spec = load_study(args.study, epochs=args.epochs, subset=args.subset, n_trials=args.n_trials)
+    spec = load_spec(args.study, epochs=args.epochs, subset=args.subset, n_trials=args.n_trials)
     home = StateHome.resolve(args.home)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -193,8 +193,8 @@ def _run_workers(argv: list[str], devices: list[str]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from stn_ablation.records import read_file, read_study
-    from stn_ablation.report import write_report
+    from stn_ablation.reporting.records import read_file, read_study
+    from stn_ablation.reporting.report import write_report
 
     out = Path(args.out) if args.out else None
     if args.runs:
@@ -206,8 +206,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from stn_ablation.records import FILE_NAME, read_study, write_file
-    from stn_ablation.report import REPO
+    from stn_ablation.reporting.records import FILE_NAME, read_study, write_file
+    from stn_ablation.reporting.report import REPO
 
     records = read_study(_tracker(args), args.study)
     path = write_file(records, Path(args.out) if args.out else REPO / "reports" / args.study / FILE_NAME)
@@ -215,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from stn_ablation.records import import_records, read_file
+    from stn_ablation.reporting.records import import_records, read_file
 
     files = {name: read_file(Path(name)) for name in args.files}  # every file is checked before the store is touched
     tracker = _tracker(args)
@@ -227,7 +227,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 def _tracker(args: argparse.Namespace):
     """The MLflow store of --tracking-uri, or of the state folder; checked before anything is read or written."""
     from stn_ablation.paths import StateHome
-    from stn_ablation.tracking import Tracker
+    from stn_ablation.tracking.tracker import Tracker
 
     home = StateHome.resolve(args.home)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
@@ -236,7 +236,7 @@ def _tracker(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from stn_ablation.bench import run_bench
+    from stn_ablation.bench.throughput import run_bench
     from stn_ablation.device import select_device
 
     print(run_bench(variants=args.variant or ["tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"],
@@ -249,7 +249,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     import subprocess
 
     from stn_ablation.paths import StateHome
-    from stn_ablation.tracking import Tracker
+    from stn_ablation.tracking.tracker import Tracker
 
     home = StateHome.resolve(args.home)
     uri = args.tracking_uri or home.tracking_uri
@@ -302,12 +302,12 @@ def _stop_group_on_exit(server) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from stn_ablation.config import TrainConfig
-    from stn_ablation.data import load_dataset, prepare
+    from stn_ablation.data.datasets import load_dataset, prepare
     from stn_ablation.device import select_device
     from stn_ablation.paths import StateHome
-    from stn_ablation.registry import get_variant
-    from stn_ablation.runner import TrackedRun, run_tracked
-    from stn_ablation.tracking import Tracker
+    from stn_ablation.models.registry import get_variant
+    from stn_ablation.tracking.run import TrackedRun, run_tracked
+    from stn_ablation.tracking.tracker import Tracker
 
     if args.distort and args.aug not in (None, "affine"):
         raise UsageError(f"--distort means --aug affine; drop one of --distort and --aug {args.aug}")

@@ -9,10 +9,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from stn_ablation.catalog import NAMES
 from stn_ablation.errors import ConfigError
 
 AUGMENTATIONS = ("none", "standard", "affine")
-DATASETS = ("cifar10", "mnist", "mnist_r", "mnist_rts", "mnist_p", "mnist_e", "cifar10_rts")
+DATASETS = NAMES  # the catalog's
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 REFERENCE_AUGMENTATIONS = AUGMENTATIONS[:2]  # what bench's tutorial-style reference pipeline can do too

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stn_ablation.data import DATA_ENV, DataSplits, load_dataset, prepare
+from stn_ablation.data.datasets import DataSplits, load_dataset, prepare
+from stn_ablation.data.releases import DATA_ENV
 from stn_ablation.paths import HOME_ENV, StateHome
 
 CPU = torch.device("cpu")

@@ -11,8 +11,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.paths import StateHome
-from stn_ablation.storage import open_storage
-from stn_ablation.studyfile import STUDIES_DIR, StudySpec
+from stn_ablation.study.storage import open_storage
+from stn_ablation.study.spec import STUDIES_DIR, StudySpec
 
 
 def shrunk_study(tmp_path: Path, name: str = "quick", images: int = 100) -> Path:

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # Minor page faults of each of 12 training steps of loc3_cnn (batch 64, crop + flip), freed memory kept.
 STEPS = """
 import resource, torch, torch.nn.functional as F
-from stn_ablation.allocator import keep_freed_memory
-from stn_ablation.augment import augment
-from stn_ablation.registry import create_model
+from stn_ablation.training.allocator import keep_freed_memory
+from stn_ablation.data.augment import augment
+from stn_ablation.models.registry import create_model
 assert keep_freed_memory()
 torch.manual_seed(0)
 model = create_model("loc3_cnn")
@@ -35,7 +35,7 @@ for i in range(12):
 # around them can land above the blocks and pin the heap: the default stopped faulting in 9 of 12 pytest runs.
 ROUNDS = """
 import ctypes, resource, sys
-from stn_ablation.allocator import keep_freed_memory
+from stn_ablation.training.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)

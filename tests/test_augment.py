@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stn_ablation.augment import augment, hflip, random_crop, random_hflip
+from stn_ablation.data.augment import augment, hflip, random_crop, random_hflip
 from stn_ablation.config import AUGMENTATIONS
 from stn_ablation.errors import ConfigError
 

@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from stn_ablation import bench as bench_module
-from stn_ablation.bench import (FLOP_BATCH, WorkerTrials, run_bench, run_workers, stn_share, training_flops,
-                                trials_per_hour)
+from stn_ablation.bench import flops, workers
+from stn_ablation.bench import throughput as bench_module
+from stn_ablation.bench.flops import FLOP_BATCH, training_flops
+from stn_ablation.bench.throughput import run_bench, stn_share
+from stn_ablation.bench.workers import WorkerTrials, run_workers, trials_per_hour
 from stn_ablation.device import cpu_has_native_bf16, device_model
 from stn_ablation.errors import ConfigError
-from stn_ablation.registry import create_model
+from stn_ablation.models.registry import create_model
 
 CPU = torch.device("cpu")
 
@@ -129,7 +131,7 @@ def test_each_worker_process_times_whole_trials_for_the_asked_seconds():
 
 @pytest.mark.parametrize("cores, workers", [(16, 4), (4, 4), (2, 2), (1, 1)])
 def test_reference_loader_has_the_tutorials_four_workers_up_to_the_cores(monkeypatch, cores, workers):
-    from stn_ablation import reference
+    from stn_ablation.bench import reference
 
     monkeypatch.setattr(reference, "usable_cores", lambda: cores)
     images, labels = torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
@@ -155,20 +157,20 @@ def test_header_names_the_gpu_and_the_precision_and_the_tf32_peak(monkeypatch):
 
 def test_fp32_peak_is_measured_with_the_convolutions_tf32_setting(monkeypatch):
     seen = []
-    monkeypatch.setattr(bench_module, "_matmul_peak",
+    monkeypatch.setattr(flops, "_matmul_peak",
                         lambda device, dtype, seconds: seen.append(torch.backends.cuda.matmul.allow_tf32))
     before = torch.backends.cuda.matmul.allow_tf32
     for tf32 in (True, False):
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
-        bench_module.matmul_peak(CPU, None, 0.0)
+        flops.matmul_peak(CPU, None, 0.0)
     assert seen == [True, False] and torch.backends.cuda.matmul.allow_tf32 == before
 
 
 def test_gpu_worker_processes_are_labelled_by_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-40GB")
-    label = bench_module._workers_label(["cuda:0", "cuda:1"], 8)
+    label = workers._workers_label(["cuda:0", "cuda:1"], 8)
     assert label == "2 processes on cuda:0, cuda:1 (NVIDIA A100-SXM4-40GB)"
-    assert bench_module._workers_label(["cpu"], 4) == "1 process   x 4 threads"
+    assert workers._workers_label(["cpu"], 4) == "1 process   x 4 threads"
 
 
 def test_every_evaluation_shape_is_warmed_up_before_the_timed_rounds(small_and_single_threaded, monkeypatch):

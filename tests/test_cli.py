@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from stn_ablation import cli
 from stn_ablation.config import TrainConfig
 from stn_ablation.paths import HOME_ENV, StateHome
-from stn_ablation.registry import create_model, get_variant, list_variants
+from stn_ablation.models.registry import create_model, get_variant, list_variants
 
 TRAIN_ARGS = ["train", "--variant", "tutorial_stn", "--epochs", "1", "--subset", "10000", "--loc-lr-mult", "0.2",
               "--device", "cpu"]
@@ -254,8 +254,8 @@ def test_more_workers_than_gpus_is_one_line(home, capsys, monkeypatch, two_gpus)
 
 
 def test_deterministic_reaches_the_trainer(home, capsys, monkeypatch, data_root):
-    from stn_ablation import runner
-    from stn_ablation.train import TrainResult
+    from stn_ablation.tracking import run as runner
+    from stn_ablation.training.train import TrainResult
 
     runs = []
 

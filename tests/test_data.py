@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stn_ablation.data import MNIST_MD5, DataError, load_dataset, prepare, split_indices
+from stn_ablation.data.datasets import load_dataset, prepare, split_indices
+from stn_ablation.data.releases import MNIST_MD5, DataError
 from stn_ablation.errors import ConfigError, UsageError
 
 CPU = torch.device("cpu")
@@ -35,7 +36,7 @@ def _copy_with(real_root: Path, root: Path, replace: dict[str, bytes] | None = N
 
 
 def _md5_warnings(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "stn_ablation.data" and r.levelno == logging.WARNING]
+    return [r for r in caplog.records if r.name == "stn_ablation.data.releases" and r.levelno == logging.WARNING]
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ def test_explicit_precision_wins(precision, expected):
 
 def test_bf16_autocast_keeps_the_sampler_in_fp32():
     """grid_sample runs in fp32 under bf16 autocast, so the transformer's output keeps fp32 precision."""
-    from stn_ablation.registry import create_model
+    from stn_ablation.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("tutorial_stn").eval()

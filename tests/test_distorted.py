@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-import stn_ablation.distorted as distorted
+import stn_ablation.data.distorted as distorted
 from stn_ablation.config import DATASETS
-from stn_ablation.data import SPECS, load_dataset
-from stn_ablation.distorted import CORNERS, DISTORTIONS, cache_path, distort, generate, load, split_seed
+from stn_ablation.catalog import CATALOG
+from stn_ablation.data.datasets import load_dataset
+from stn_ablation.data.distorted import CORNERS, DISTORTIONS, cache_path, distort, generate, load, split_seed
 from stn_ablation.transforms import FAMILIES, warp
 
 MNIST_SETS = ("mnist_r", "mnist_rts", "mnist_p", "mnist_e")
@@ -32,8 +33,8 @@ def counted_generate(monkeypatch):
 
 
 def test_every_set_is_a_dataset_with_its_spec():
-    assert set(DISTORTIONS) <= set(DATASETS) and set(DISTORTIONS) <= set(SPECS)
-    assert not SPECS["mnist_rts"].mirror_symmetric and SPECS["cifar10_rts"].mirror_symmetric
+    assert set(DISTORTIONS) <= set(DATASETS) and set(DISTORTIONS) <= set(CATALOG)
+    assert not CATALOG["mnist_rts"].mirror_symmetric and CATALOG["cifar10_rts"].mirror_symmetric
 
 
 @pytest.mark.parametrize("name", MNIST_SETS)
@@ -102,8 +103,8 @@ def test_full_rts_set_subset_is_its_prefix_and_specs_hold_its_statistics(mnist_r
     subset, _ = distort("mnist_rts", mnist_raw.train_x, split_seed("mnist_rts", "train"), n=100)
     assert full.shape == (60000, 1, 42, 42) and torch.equal(full[:100], subset)
     x = full.double() / 255
-    assert x.mean().item() == pytest.approx(SPECS["mnist_rts"].mean[0], abs=2e-4)
-    assert x.std().item() == pytest.approx(SPECS["mnist_rts"].std[0], abs=2e-4)
+    assert x.mean().item() == pytest.approx(CATALOG["mnist_rts"].mean[0], abs=2e-4)
+    assert x.std().item() == pytest.approx(CATALOG["mnist_rts"].std[0], abs=2e-4)
 
 
 def test_rts_keeps_the_digit_inside_the_canvas_and_scales_its_mass(mnist_raw):
@@ -146,7 +147,7 @@ def test_no_image_of_a_whole_test_split_is_blank(name, mnist_raw, cifar_raw):
     blank: their homographies folded the plane through infinity inside the frame."""
     base = DISTORTIONS[name].base
     x = (cifar_raw if base == "cifar10" else mnist_raw).test_x
-    fill = 255 * torch.tensor(SPECS[base].mean if base == "cifar10" else (0.0,), dtype=torch.float64).view(1, -1, 1, 1)
+    fill = 255 * torch.tensor(CATALOG[base].mean if base == "cifar10" else (0.0,), dtype=torch.float64).view(1, -1, 1, 1)
     out, _ = distort(name, x, split_seed(name, "test"))
     kept = (out.double() - fill).abs().sum((1, 2, 3)) / (x.double() - fill).abs().sum((1, 2, 3))
     assert kept.min() > 0.05, f"{int((kept <= 0.05).sum())} of {len(x)} images nearly blank"
@@ -173,7 +174,7 @@ def test_elastic_without_offsets_is_a_pure_scale():
 def test_cifar10_rts_is_48_pixels_with_the_mean_colour_around_it(data_root, cifar_raw, tmp_path):
     raw = load("cifar10_rts", data_root, download=False, n=64, cache=tmp_path)
     assert raw.train_x.shape == (64, 3, 48, 48) and torch.equal(raw.train_y, cifar_raw.train_y[:64])
-    fill = torch.tensor([round(255 * m) for m in SPECS["cifar10"].mean], dtype=torch.uint8)
+    fill = torch.tensor([round(255 * m) for m in CATALOG["cifar10"].mean], dtype=torch.uint8)
     corner_is_fill = (raw.train_x[:, :, 0, 0] == fill).all(1)  # a canvas corner: outside almost every image
     assert corner_is_fill.float().mean() > 0.9
-    assert raw.generation["fill"] == [round(255 * m, 2) for m in SPECS["cifar10"].mean]
+    assert raw.generation["fill"] == [round(255 * m, 2) for m in CATALOG["cifar10"].mean]

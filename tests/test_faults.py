@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.faults import FAULT_ENV
-from stn_ablation.studyfile import load_study
+from stn_ablation.study.spec import load_spec
 from tests.studyutil import child_runs, cli, steps, study_trials
 
 STUDY = '''name = "faults"
@@ -63,7 +63,7 @@ def test_kill_at_seven_moments_loses_nothing(data_root, tmp_path):
     final = cli(home, *args, OMP_NUM_THREADS="2")
     assert final.returncode == 0, final.stderr
 
-    trials = study_trials(home, load_study(str(study)))
+    trials = study_trials(home, load_spec(str(study)))
     complete = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(complete) == sorted(set(complete)) and len(complete) == 8
 

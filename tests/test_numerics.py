@@ -3,7 +3,7 @@ device, precision, numerics version) equals a cell's, so a change that moves the
 version would let old runs stand in for new ones.
 
 WHEN THIS TEST FAILS: a change altered what the trainer computes. If that was meant (a fix, a new default), bump
-`NUMERICS_VERSION` in stn_ablation/identity.py and record the new fingerprints with
+`NUMERICS_VERSION` in stn_ablation/tracking/identity.py and record the new fingerprints with
 `STN_ABLATE_RECORD_NUMERICS=1 pytest tests/test_numerics.py` (commit tests/numerics.json); earlier runs are then
 never reused. If it was not meant (a refactor), find what moved the numbers.
 
@@ -26,8 +26,9 @@ import torch
 
 from stn_ablation.config import TrainConfig
 from stn_ablation.device import cpu_has_native_bf16
-from stn_ablation.identity import NUMERICS_VERSION
-from stn_ablation.train import train
+from stn_ablation.tracking.identity import NUMERICS_VERSION
+from stn_ablation.models.registry import build_model
+from stn_ablation.training.train import train
 
 RECORD = Path(__file__).with_name("numerics.json")
 CONFIG = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, subset=384, val_size=256)
@@ -42,7 +43,8 @@ def cpu_kind() -> str:
 
 def fingerprint(data, precision: str) -> dict:
     """The trained weights' digest and the epoch's loss and accuracies, for CONFIG on `data`."""
-    result = train(CONFIG, data, torch.device("cpu"), precision=precision)
+    result = train(build_model(CONFIG, data.in_shape, data.num_classes), CONFIG, data, torch.device("cpu"),
+                   precision=precision)
     digest = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode())

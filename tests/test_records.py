@@ -14,18 +14,19 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-import stn_ablation.distorted as distorted
+import stn_ablation.data.distorted as distorted
 from stn_ablation.cli import main
 from stn_ablation.config import RobustnessConfig, TrainConfig
-from stn_ablation.data import prepare
+from stn_ablation.data.datasets import prepare
 from stn_ablation.device import AUTOCAST_DTYPES, precision_flag
-from stn_ablation.evaluate import score
+from stn_ablation.training.evaluate import score
 from stn_ablation.paths import StateHome
-from stn_ablation.runner import TrackedRun, run_tracked
-from stn_ablation.storage import open_storage
-from stn_ablation.studyfile import StudyFileError, load_study
-from stn_ablation.tracking import Tracker
-from stn_ablation.train import train
+from stn_ablation.tracking.run import TrackedRun, run_tracked
+from stn_ablation.study.storage import open_storage
+from stn_ablation.study.spec import StudyFileError, load_spec
+from stn_ablation.tracking.tracker import Tracker
+from stn_ablation.models.registry import build_model
+from stn_ablation.training.train import train
 from tests.studyutil import child_runs, cli, shrunk_study, study_trials
 
 CPU = torch.device("cpu")
@@ -47,7 +48,7 @@ def quick(data_root, tmp_path_factory):
     args = ["run", "--study", str(study), "--home", str(home), "--epochs", str(EPOCHS), "--subset", str(SUBSET),
             "--device", "cpu"]
     assert main(args) == 0
-    spec = load_study(str(study), epochs=EPOCHS, subset=SUBSET)
+    spec = load_spec(str(study), epochs=EPOCHS, subset=SUBSET)
     parents, children = child_runs(home, "quick")
     return {"home": home, "spec": spec, "parent": parents[0], "children": children,
             "client": MlflowClient(f"sqlite:///{home / 'mlflow.db'}")}
@@ -146,14 +147,15 @@ def test_a_resume_that_changes_device_or_precision_is_refused(small_cifar, tmp_p
     data = shrink(small_cifar, 128, 100)
     cfg = TrainConfig(variant="tutorial_cnn", epochs=2, batch_size=64)
     ckpt = tmp_path / "run.pt"
-    train(cfg.with_overrides(epochs=1), data, CPU, checkpoint=ckpt, precision="bf16")
+    short = cfg.with_overrides(epochs=1)
+    train(build_model(short, data.in_shape, data.num_classes), short, data, CPU, checkpoint=ckpt, precision="bf16")
     state = load_checkpoint(ckpt)
     assert state["numerics"] == {"device": "cpu", "precision": "bfloat16"}
     state["config_digest"] = cfg.digest()  # as if this 2-epoch run had been stopped after its first epoch
     state["numerics"] = saved
     save_checkpoint(state, ckpt)
     with pytest.raises(CheckpointError) as error:
-        train(cfg, data, CPU, checkpoint=ckpt, precision="bf16")
+        train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, CPU, checkpoint=ckpt, precision="bf16")
     message = str(error.value)
     assert "\n" not in message and f"written on {saved['device']} in {saved['precision']}" in message
     assert f"--device {saved['device']} --precision {precision_flag(saved['precision'])}" in message
@@ -194,12 +196,12 @@ def test_tuning_trials_never_share_a_run(data_root, tmp_path, workers):
     if workers == 1:
         killed = cli(home, *command, STN_ABLATE_FAULT="between_trials:1")
         assert killed.returncode != 0
-        assert len(study_trials(home, load_study(str(study)))) == 1
+        assert len(study_trials(home, load_spec(str(study)))) == 1
     done = cli(home, *command)
     assert done.returncode == 0, done.stderr[-2000:]
     _, children = child_runs(home, "same")
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    trials = study_trials(home, load_study(str(study)))
+    trials = study_trials(home, load_spec(str(study)))
     assert len(trials) == 5 and all(t.user_attrs["status"] == "finished" for t in trials)
     assert len(children) == 5
     assert sorted(int(r.data.tags["trial"]) for r in children) == [t.number for t in trials]
@@ -227,7 +229,7 @@ images = 0
 '''
     path.write_text(body.format(metric=""))
     with pytest.raises(StudyFileError, match='val_size = 0.*metric = "test_acc"'):
-        load_study(str(path))
+        load_spec(str(path))
     path.write_text(body.format(metric='metric = "test_acc"'))
     assert main(["run", "--study", str(path), "--home", str(tmp_path / "home"), "--device", "cpu"]) == 0
     captured = capsys.readouterr()

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stn_ablation import registry, transforms
+from stn_ablation import transforms
+from stn_ablation.models import registry
 from stn_ablation.errors import UsageError
-from stn_ablation.registry import UnknownVariantError, create_model, get_variant, list_variants, register_variant
+from stn_ablation.models.registry import UnknownVariantError, create_model, get_variant, list_variants, register_variant
 
 VARIANTS = list_variants()
 STN_VARIANTS = [name for name in VARIANTS if get_variant(name).twin is not None]
@@ -199,7 +200,7 @@ def test_each_stn_has_a_frozen_control_with_the_twins_classifier(name):
 def test_a_bad_frozen_transform_is_one_line():
     from stn_ablation.config import TrainConfig
     from stn_ablation.errors import ConfigError
-    from stn_ablation.train import build_model
+    from stn_ablation.models.registry import build_model
 
     for spec in ("attention:1.6,0", "zoom:2", "attention:a,b,c"):
         with pytest.raises(ConfigError, match="frozen must be .learned. or <family>:<parameters>"):
@@ -360,7 +361,7 @@ def test_bf16_channels_last_gradients_are_finite_and_repeatable(name):
 
 
 def test_dilated_conv_bf16_weight_gradient_matches_fp32():
-    from stn_ablation.variants.blocks import DilatedConv2d
+    from stn_ablation.models.blocks import DilatedConv2d
 
     torch.manual_seed(0)
     conv = DilatedConv2d(24, 48, 3, padding=2, dilation=2, bias=False).to(memory_format=torch.channels_last)
@@ -382,7 +383,7 @@ def test_dilated_conv_bf16_weight_gradient_matches_fp32():
 def test_strided_dilated_conv_is_the_dilated_conv(size, groups):
     """With stride = dilation, DilatedConv2d runs the undilated kernel on every d-th pixel: the same function and
     gradients as a dilated nn.Conv2d (to fp32 summation order), for even and odd sizes."""
-    from stn_ablation.variants.blocks import DilatedConv2d
+    from stn_ablation.models.blocks import DilatedConv2d
 
     torch.manual_seed(0)
     conv = DilatedConv2d(24, 24, 3, stride=2, padding=2, dilation=2, groups=groups, bias=False)
@@ -408,7 +409,7 @@ def test_dropout_drops_p_of_the_elements_and_rescales_the_rest(layout, dtype):
     """blocks.Dropout draws its own mask on the CPU; it must still be nn.Dropout in distribution: a fraction p of
     zeros (within 6 standard deviations over 2**20 elements), the rest scaled by 1 / (1 - p), the gradient the
     same mask, and the input's memory layout kept."""
-    from stn_ablation.variants.blocks import Dropout
+    from stn_ablation.models.blocks import Dropout
 
     p, shape = 0.05, (64, 16, 32, 32)
     x = torch.ones(shape, dtype=dtype)
@@ -429,7 +430,7 @@ def test_dropout_drops_p_of_the_elements_and_rescales_the_rest(layout, dtype):
 
 
 def test_dropout_follows_the_global_seed_and_is_off_in_eval():
-    from stn_ablation.variants.blocks import Dropout
+    from stn_ablation.models.blocks import Dropout
 
     x = torch.randn(8, 4, 16, 16)
     masks = []

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stn_ablation.studyfile import load_study
+from stn_ablation.study.spec import load_spec
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 
@@ -24,7 +24,7 @@ def test_three_workers_run_each_cell_exactly_once(data_root, tmp_path, backend, 
     home = tmp_path / "home"
     study = shrunk_study(tmp_path, images=0)
     overrides = ["--epochs", "1", "--subset", "256", "--device", "cpu"]
-    spec = load_study(str(study), epochs=1, subset=256)
+    spec = load_spec(str(study), epochs=1, subset=256)
     storage_args: list[str] = []
     url = required_env("STN_ABLATE_TEST_PG", hint=PG_HINT)[0] if backend == "postgresql" else None  # None: journal
     if url:
@@ -60,7 +60,7 @@ def test_postgresql_stopping_mid_study_fails_cleanly_and_a_rerun_resumes(data_ro
     study.write_text('name = "outage"\ndescription = "database stops mid-study"\n[grid]\nseed = [0, 1]\n'
                      '[train]\nvariant = "tutorial_cnn"\nepochs = 3\nsubset = 256\nval_size = 500\n'
                      '[robustness]\nimages = 0\n')
-    spec = load_study(str(study))
+    spec = load_spec(str(study))
     try:
         optuna.delete_study(study_name=spec.storage_name, storage=url)
     except KeyError:

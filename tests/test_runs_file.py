@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stn_ablation.cli import main
-from stn_ablation.records import FILE_NAME
+from stn_ablation.reporting.records import FILE_NAME
 from tests.studyutil import child_runs, shrunk_study
 
 SHRINK = ["--epochs", "1", "--subset", "512", "--device", "cpu"]

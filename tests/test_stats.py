@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from stn_ablation.stats import UNDERPOWERED, holm, mean_ci, paired_t
+from stn_ablation.reporting.stats import UNDERPOWERED, holm, mean_ci, paired_t
 
 
 def test_mean_ci_is_student_t():

@@ -14,9 +14,9 @@ import pytest
 
 from stn_ablation.cli import main
 from stn_ablation.paths import StateHome
-from stn_ablation.records import read_study
-from stn_ablation.study import cell_key, cell_label
-from stn_ablation.studyfile import StudyFileError, list_studies, load_study
+from stn_ablation.reporting.records import read_study
+from stn_ablation.study.worker import cell_key, cell_label
+from stn_ablation.study.spec import StudyFileError, list_studies, load_spec
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
@@ -24,16 +24,16 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_
 
 def test_every_shipped_study_loads():
     assert {"baseline_vs_stn", "seed_recipe", "mnist_tutorial", "tune_stn", "quick"} <= set(list_studies())
-    headline = load_study("baseline_vs_stn")
+    headline = load_spec("baseline_vs_stn")
     assert headline.n_trials == 24 and headline.base.epochs == 50
     assert {c["variant"] for c in headline.cells()} == {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"}
-    tune = load_study("tune_stn")
+    tune = load_spec("tune_stn")
     assert tune.phase == "tune" and tune.n_trials == 30 and tune.metric == "val_acc" and tune.pruner == "median"
-    paper = load_study("paper_mnist")  # the STN paper's Table 1: a CNN and three ST-CNNs on 4 datasets, 3 seeds
+    paper = load_spec("paper_mnist")  # the STN paper's Table 1: a CNN and three ST-CNNs on 4 datasets, 3 seeds
     assert paper.n_trials == 4 * (1 + 3) * 3 and paper.base.batch_size == 256
     assert [c["dataset"] for c in paper.cells()[::12]] == ["mnist_r", "mnist_rts", "mnist_p", "mnist_e"]
     assert sum(c["variant"] == "paper_cnn" for c in paper.cells()) == 4 * 3
-    distorted = load_study("cifar10_rts")  # baseline_vs_stn's recipe on clean and distorted CIFAR-10
+    distorted = load_spec("cifar10_rts")  # baseline_vs_stn's recipe on clean and distorted CIFAR-10
     assert distorted.n_trials == 24 and distorted.base == headline.base
     assert distorted.grid["dataset"] == ("cifar10", "cifar10_rts")
 
@@ -66,7 +66,7 @@ def test_quick_study_runs_once_and_records_everything(data_root, tmp_path, capsy
             assert "theta/identity_dist_mean" in run.data.metrics
     assert parents[0].info.status == "FINISHED"
 
-    spec = load_study(str(study), epochs=2, subset=512)
+    spec = load_spec(str(study), epochs=2, subset=512)
     assert len(study_trials(home, spec)) == 8
     assert main(args) == 0
     assert len(study_trials(home, spec)) == 8 and len(child_runs(home, "quick")[1]) == 8
@@ -118,7 +118,7 @@ def test_malformed_study_files_fail_with_one_line(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(StudyFileError) as error:
-        load_study(str(path))
+        load_spec(str(path))
     assert message in str(error.value) and str(path) in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -129,7 +129,7 @@ def test_a_transform_grid_has_a_cell_per_family_and_one_for_the_twin(tmp_path):
     path = tmp_path / "families.toml"
     path.write_text('name = "f"\ndescription = "d"\n[grid]\nvariant = ["tutorial_stn", "tutorial_cnn"]\n'
                     'transform = ["affine", "projective", "tps"]\nseed = [0, 1]\n')
-    spec = load_study(str(path))
+    spec = load_spec(str(path))
     cells = spec.cells()
     assert spec.n_trials == len(cells) == 3 * 2 + 2
     assert cells[:2] == [{"variant": "tutorial_stn", "transform": "affine", "seed": 0},
@@ -139,7 +139,7 @@ def test_a_transform_grid_has_a_cell_per_family_and_one_for_the_twin(tmp_path):
     assert len({cell_key(c) for c in cells}) == len({spec.config(c).digest() for c in cells}) == len(cells)
     assert [cell_label(spec.config(c)) for c in (cells[2], cells[-1])] == [
         ("tutorial_stn", "projective", "none", "s0"), ("tutorial_cnn", "none", "s1")]
-    assert load_study(str(path), n_trials=7).cells() == cells[:7]
+    assert load_spec(str(path), n_trials=7).cells() == cells[:7]
 
 
 def test_a_transform_grid_runs_each_family_and_the_twin_once(data_root, tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_invalid_toml_names_the_line(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('name = "x"\ndescription = "d"\n[grid\n')
     with pytest.raises(StudyFileError, match=r"line 3"):
-        load_study(str(path))
+        load_spec(str(path))
 
 
 def test_cli_reports_unknown_study_in_one_line(tmp_path, capsys):
@@ -216,7 +216,7 @@ def _run_inline_study(tmp_path, capsys, text: str) -> tuple[list[str], Path, str
 def _rerun_adds_no_trial(args: list[str], home: Path) -> None:
     """Run `args` (a `run --study PATH ...` command) again: every training is an Optuna trial, so an unchanged
     trial count means nothing was trained again. (MLflow runs cannot show it: a re-trained cell reuses its run.)"""
-    spec = load_study(args[args.index("--study") + 1])
+    spec = load_spec(args[args.index("--study") + 1])
     before = len(study_trials(home, spec))
     assert main(args) == 0
     assert len(study_trials(home, spec)) == before
@@ -259,8 +259,8 @@ def test_tuning_study_samples_tracks_and_counts_trials(data_root, tmp_path, caps
 
 @pytest.mark.parametrize("prune", [True, False])
 def test_reporting_hook_reports_every_epoch_and_prunes_only_when_asked(prune):
-    from stn_ablation.study import _reporting_hook
-    from stn_ablation.train import EpochStats, StopRun
+    from stn_ablation.study.worker import _reporting_hook
+    from stn_ablation.training.train import EpochStats, StopRun
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     trial = study.ask()
@@ -306,9 +306,9 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     """`dataset` as a grid axis, end to end: every cell trains on its dataset (a 400-image prefix of MNIST R, so
     the test generates little), names it in its run, and the report and the parent's summary keep the datasets
     apart."""
-    import stn_ablation.study as study_module
-    from stn_ablation import distorted
-    from stn_ablation.tracking import Tracker
+    import stn_ablation.study.worker as study_module
+    from stn_ablation.data import distorted
+    from stn_ablation.tracking.tracker import Tracker
 
     requested = set()
 
@@ -342,9 +342,9 @@ def test_a_frozen_control_trains_behind_the_stns_mean_learned_transform(data_roo
     """frozen_control, shrunk: the control cells take the STN cells' mean learned scale and shift as their fixed
     transform (recorded as the run's `frozen` param and `frozen_source` tag), and the report compares the STN with
     its control beside its twin and says which carries the effect."""
-    from stn_ablation.records import read_study
-    from stn_ablation.report import write_report
-    from stn_ablation.tracking import Tracker
+    from stn_ablation.reporting.records import read_study
+    from stn_ablation.reporting.report import write_report
+    from stn_ablation.tracking.tracker import Tracker
 
     text = (Path(__file__).parent.parent / "studies" / "frozen_control.toml").read_text()
     study = tmp_path / "frozen_control.toml"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from stn_ablation.tracking import Tracker, TrackingError
-from stn_ablation.train import EpochStats
+from stn_ablation.tracking.tracker import Tracker, TrackingError
+from stn_ablation.training.train import EpochStats
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,17 @@ import torch
 from stn_ablation import checkpoint as checkpoint_module
 from stn_ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stn_ablation.config import TrainConfig
-from stn_ablation.data import prepare
+from stn_ablation.data.datasets import prepare
 from stn_ablation.errors import ConfigError
-from stn_ablation.registry import create_model
-from stn_ablation.train import TrainResult, lr_factor, make_optimizer, train
+from stn_ablation.models.registry import build_model, create_model
+from stn_ablation.training.train import TrainResult, lr_factor, make_optimizer, train
 
 CPU = torch.device("cpu")
+
+
+def fit(cfg: TrainConfig, data, device: torch.device, **kwargs) -> TrainResult:
+    """The trainer, handed the model that the registry builds for `cfg` (as a tracked run and the bench hand it)."""
+    return train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, device, **kwargs)
 COMPARED = ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr")  # not the wall-clock fields
 
 
@@ -50,7 +55,7 @@ def test_short_training_beats_chance(cifar_raw):
     # measured on this copy: test accuracy 0.318 (seed 0) and 0.336 (seed 1); chance is 0.10
     data = prepare(cifar_raw, CPU, val_size=1000, subset=4000)
     cfg = TrainConfig(variant="tutorial_cnn", epochs=3, subset=4000, val_size=1000)
-    result = train(cfg, data, CPU)
+    result = fit(cfg, data, CPU)
     assert result.status == "finished" and result.reason == ""
     assert [s.epoch for s in result.history] == [1, 2, 3]
     assert result.history[-1].train_loss < result.history[0].train_loss
@@ -71,14 +76,14 @@ def test_resume_is_bit_identical(small_cifar, tmp_path, variant, n_train, n_eval
     # standard augmentation and dropout: both the trainer's generator and the global RNG must be restored
     cfg = TrainConfig(variant=variant, epochs=2, batch_size=batch_size, aug="standard", subset=n_train,
                       val_size=500, eval_batch_size=500)
-    straight = train(cfg, data, CPU)
+    straight = fit(cfg, data, CPU)
 
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Stop):
-        train(cfg, data, CPU, checkpoint=ckpt, on_epoch=stop_after(1))
+        fit(cfg, data, CPU, checkpoint=ckpt, on_epoch=stop_after(1))
     assert [h["epoch"] for h in load_checkpoint(ckpt)["history"]] == [1]
     torch.manual_seed(999)  # whatever the process did in between must not matter
-    resumed = train(cfg, data, CPU, checkpoint=ckpt)
+    resumed = fit(cfg, data, CPU, checkpoint=ckpt)
 
     assert_same_run(straight, resumed)
     assert [h["epoch"] for h in load_checkpoint(ckpt)["history"]] == [1, 2]
@@ -89,32 +94,32 @@ def test_checkpoint_of_another_config_is_refused(small_cifar, tmp_path, shrink):
     cfg = TrainConfig(variant="tutorial_cnn", epochs=2, batch_size=64)
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Stop):
-        train(cfg, data, CPU, checkpoint=ckpt, on_epoch=stop_after(1))
+        fit(cfg, data, CPU, checkpoint=ckpt, on_epoch=stop_after(1))
     with pytest.raises(CheckpointError, match="another config"):
-        train(cfg.with_overrides(lr=0.01), data, CPU, checkpoint=ckpt)
+        fit(cfg.with_overrides(lr=0.01), data, CPU, checkpoint=ckpt)
 
 
 def test_full_disk_mid_run_keeps_last_checkpoint_and_resumes(small_cifar, tmp_path, monkeypatch, shrink):
     data = shrink(small_cifar, 256, 100)
     cfg = TrainConfig(variant="tutorial_cnn", epochs=2, batch_size=64)
-    straight = train(cfg, data, CPU)
+    straight = fit(cfg, data, CPU)
     ckpt = tmp_path / "run.pt"
 
     def disk_fills_after_epoch_1(stats, model):
         monkeypatch.setattr(checkpoint_module.torch, "save", _full_disk)
 
     with pytest.raises(CheckpointError, match="intact"):
-        train(cfg, data, CPU, checkpoint=ckpt, on_epoch=disk_fills_after_epoch_1)
+        fit(cfg, data, CPU, checkpoint=ckpt, on_epoch=disk_fills_after_epoch_1)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
     assert [h["epoch"] for h in load_checkpoint(ckpt)["history"]] == [1]
-    assert_same_run(straight, train(cfg, data, CPU, checkpoint=ckpt))
+    assert_same_run(straight, fit(cfg, data, CPU, checkpoint=ckpt))
 
 
 def test_train_acc_counts_the_images_actually_seen(small_cifar, shrink):
     data = shrink(small_cifar, 32, 10)
-    full_batch = train(TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=32), data, CPU)
-    oversized = train(TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=128), data, CPU)
+    full_batch = fit(TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=32), data, CPU)
+    oversized = fit(TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=128), data, CPU)
     # the same single step on the same 32 images: only the configured batch size differs
     assert oversized.history[0].train_loss == full_batch.history[0].train_loss
     assert oversized.history[0].train_acc == full_batch.history[0].train_acc
@@ -125,16 +130,16 @@ def test_train_acc_counts_the_images_actually_seen(small_cifar, shrink):
 def test_same_seed_same_run_and_hooks_do_not_perturb_it(small_cifar, shrink):
     data = shrink(small_cifar, 256, 200)
     cfg = TrainConfig(variant="tutorial_stn", epochs=2, batch_size=64, aug="standard")
-    first = train(cfg, data, CPU)
+    first = fit(cfg, data, CPU)
 
     def draws_random_numbers(stats, model):
         torch.rand(1000)
         torch.randn(10, 10)
 
-    second = train(cfg, data, CPU, on_epoch=draws_random_numbers)
+    second = fit(cfg, data, CPU, on_epoch=draws_random_numbers)
     assert_same_run(first, second)
 
-    other = train(cfg.with_overrides(seed=1), data, CPU)
+    other = fit(cfg.with_overrides(seed=1), data, CPU)
     assert other.history[0].train_loss != first.history[0].train_loss
     assert not torch.equal(other.model.classifier.head[-1].weight, first.model.classifier.head[-1].weight)
 
@@ -144,7 +149,7 @@ def test_same_seed_same_run_and_hooks_do_not_perturb_it(small_cifar, shrink):
 def test_divergence_is_a_status_not_an_exception(small_cifar, tmp_path, shrink):
     data = shrink(small_cifar, 256, 100)
     cfg = TrainConfig(variant="tutorial_cnn", epochs=2, batch_size=64, lr=1e6)
-    result = train(cfg, data, CPU, checkpoint=tmp_path / "run.pt")
+    result = fit(cfg, data, CPU, checkpoint=tmp_path / "run.pt")
     assert result.status == "diverged"
     match = re.fullmatch(r"diverged at epoch (\d+): train loss is (nan|inf|-inf)", result.reason)
     assert match, result.reason
@@ -217,7 +222,7 @@ def test_unreadable_checkpoint_raises(tmp_path, content, small_cifar, shrink):
         load_checkpoint(path)
     assert str(path) in str(info.value) and "delete it" in str(info.value)
     with pytest.raises(CheckpointError):  # and training refuses to start over it silently
-        train(TrainConfig(variant="tutorial_cnn", epochs=1), shrink(small_cifar, 64, 10), CPU, checkpoint=path)
+        fit(TrainConfig(variant="tutorial_cnn", epochs=1), shrink(small_cifar, 64, 10), CPU, checkpoint=path)
 
 
 # --- (f) schedules and optimizer ---------------------------------------------------------------------------------
@@ -289,7 +294,7 @@ def test_localization_lr_follows_the_schedule(small_cifar, tmp_path, shrink):
     rate is lr x loc_lr_mult. The checkpoint's optimizer state holds every group's rate."""
     data = shrink(small_cifar, 128, 10)
     cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=32, schedule="cosine", loc_lr_mult=0.25)
-    result = train(cfg, data, CPU, checkpoint=tmp_path / "c.pt")
+    result = fit(cfg, data, CPU, checkpoint=tmp_path / "c.pt")
     factor = lr_factor(3, 4, "cosine", cfg.warmup)
     assert result.history[0].lr == pytest.approx(cfg.lr * factor)
     groups = load_checkpoint(tmp_path / "c.pt")["optimizer"]["param_groups"]
@@ -386,7 +391,7 @@ def test_fp16_steps_do_not_read_the_device(small_cifar, shrink, monkeypatch, opt
         data = shrink(small_cifar, 32 * steps, 50)
         cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=32, optimizer=optimizer, aug="standard")
         calls.clear()
-        result = train(cfg, data, CPU, precision="fp16")
+        result = fit(cfg, data, CPU, precision="fp16")
         assert result.status == "finished" and math.isfinite(result.history[0].train_loss)
         counts.append(len(calls))
     assert counts[0] == counts[1], counts
@@ -416,12 +421,12 @@ def test_no_training_step_synchronizes_on_cuda(cifar_raw, precision):
         data = prepare(cifar_raw, gpu, val_size=50, subset=64 * steps)
         cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, aug="standard", subset=64 * steps,
                           val_size=50)
-        train(cfg, data, gpu, precision=precision)  # warm-up: cuDNN's autotuning syncs, once per shape
+        fit(cfg, data, gpu, precision=precision)  # warm-up: cuDNN's autotuning syncs, once per shape
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train(cfg, data, gpu, precision=precision)
+                fit(cfg, data, gpu, precision=precision)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
@@ -435,7 +440,7 @@ def test_data_is_kept_in_the_models_layout_with_the_same_results(small_cifar, sh
     assert data.train_x.is_contiguous(memory_format=torch.channels_last) and not data.train_x.is_contiguous()
     nchw = dataclasses.replace(data, **{k: getattr(data, k).contiguous() for k in ("train_x", "val_x", "test_x")})
     cfg = TrainConfig(variant="tutorial_stn", epochs=1, batch_size=64, aug="standard")
-    assert_same_run(train(cfg, data, CPU), train(cfg, nchw, CPU))
+    assert_same_run(fit(cfg, data, CPU), fit(cfg, nchw, CPU))
 
 
 def test_deterministic_runs_on_deterministic_kernels_and_restores_them(small_cifar, shrink):
@@ -443,7 +448,7 @@ def test_deterministic_runs_on_deterministic_kernels_and_restores_them(small_cif
     seen = []
     hook = lambda stats, model: seen.append(torch.are_deterministic_algorithms_enabled())  # noqa: E731
     cfg = TrainConfig(variant="tutorial_cnn", epochs=1, batch_size=64)
-    plain = train(cfg, data, CPU, on_epoch=hook)
-    deterministic = train(cfg, data, CPU, on_epoch=hook, deterministic=True)
+    plain = fit(cfg, data, CPU, on_epoch=hook)
+    deterministic = fit(cfg, data, CPU, on_epoch=hook, deterministic=True)
     assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
     assert_same_run(plain, deterministic)  # the CPU was deterministic already

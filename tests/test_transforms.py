@@ -191,9 +191,9 @@ def test_theta_stats_and_the_before_after_picture_work_for_every_family(name):
     picture (visualize.stn_grid), whose lower row is what the transformer makes of the upper one."""
     import matplotlib.pyplot as plt
 
-    from stn_ablation.registry import create_model
-    from stn_ablation.robustness import theta_stats
-    from stn_ablation.visualize import stn_grid
+    from stn_ablation.models.registry import create_model
+    from stn_ablation.training.robustness import theta_stats
+    from stn_ablation.tracking.pictures import stn_grid
 
     torch.manual_seed(0)
     model = create_model("tutorial_stn", in_shape=(1, SIZE, SIZE), transform=name)

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stn_ablation.tracking import KIND, Tracker
+from stn_ablation.tracking.tracker import KIND, Tracker
 
 
 def _free_port() -> int:
