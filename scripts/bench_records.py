@@ -16,9 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
-from stn_ablation.identity import IDENTITY_TAG
-from stn_ablation.records import StudyRecords, import_records, read_file, read_study, write_file
-from stn_ablation.tracking import Tracker
+from stn_ablation.tracking.identity import IDENTITY_TAG
+from stn_ablation.reporting.records import StudyRecords, import_records, read_file, read_study, write_file
+from stn_ablation.tracking.tracker import Tracker
 
 QUICK = Path(__file__).resolve().parent.parent / "reports" / "quick" / "runs.jsonl"
 

@@ -44,7 +44,8 @@ _RTS = {"rotation_deg": [-45.0, 45.0], "scale": [0.7, 1.2],
 CATALOG: dict[str, Dataset] = {d.name: d for d in (
     Dataset("cifar10", "CIFAR-10", 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
             "cifar-10-batches-py",
-            "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the 'python version' from the CIFAR site)"),
+            "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} "
+            "(the 'python version' from the CIFAR site)"),
     Dataset("mnist", "MNIST", 1, 28, (0.1307,), (0.3081,), False,
             "MNIST", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (uncompressed idx files)"),
 )}

@@ -30,7 +30,7 @@ GRID_AXES = ("dataset", "variant", "transform", "aug", "seed")
 class TrainConfig:
     """Everything that decides a run's result. Defaults are the suite's 50-epoch recipe: one-cycle nesterov SGD with
     label smoothing, and a localization net at a tenth of the learning rate, because at the classifier's peak rate
-    the localization net destabilizes (the STN paper also trained it 10x slower)."""
+    the localization net destabilizes (the STN paper trained it 10x slower on SVHN)."""
 
     variant: str = "tutorial_stn"  # registry name, see `stn-ablate list`
     transform: str = "affine"  # the transformer's family, one of transforms.FAMILIES; ignored without a transformer

@@ -147,7 +147,8 @@ def test_no_image_of_a_whole_test_split_is_blank(name, mnist_raw, cifar_raw):
     blank: their homographies folded the plane through infinity inside the frame."""
     base = DISTORTIONS[name].base
     x = (cifar_raw if base == "cifar10" else mnist_raw).test_x
-    fill = 255 * torch.tensor(CATALOG[base].mean if base == "cifar10" else (0.0,), dtype=torch.float64).view(1, -1, 1, 1)
+    mean = CATALOG[base].mean if base == "cifar10" else (0.0,)
+    fill = 255 * torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
     out, _ = distort(name, x, split_seed(name, "test"))
     kept = (out.double() - fill).abs().sum((1, 2, 3)) / (x.double() - fill).abs().sum((1, 2, 3))
     assert kept.min() > 0.05, f"{int((kept <= 0.05).sum())} of {len(x)} images nearly blank"

@@ -1,6 +1,7 @@
 """A model logged to MLflow before the package layout (at 7b721ea: `stn-ablate train --variant tutorial_stn
 --dataset mnist --epochs 1 --subset 256`, its serving example left out, and the one path of the machine that
-logged it, a file name cloudpickle kept in data.pkl, replaced by one of the same length) still loads and predicts as it did."""
+logged it, a file name cloudpickle kept in data.pkl, replaced by one of the same length) still loads and predicts as
+it did."""
 
 import json
 from pathlib import Path

@@ -310,6 +310,7 @@ ALTERNATIVES = dict(
     variant="loc3_stn", transform="tps", dataset="mnist", aug="standard", epochs=49, batch_size=64,
     optimizer="adamw", lr=0.1, momentum=0.8, nesterov=False, weight_decay=1e-4, schedule="cosine", warmup=0.3,
     label_smoothing=0.0, loc_lr_mult=0.5, seed=1, subset=1000, val_size=1000, eval_batch_size=500,
+    frozen="attention:1.2,0,0",
 )
 
 

@@ -1,7 +1,7 @@
 """`stn-ablate bench`: the trainer's speed, measured in one process run against the tutorial-style reference
 pipeline (reference.py), against the FLOPs it does and this device's matmul peak (flops.py); the STN's share of a
-training step; and, optionally, trials/hour with 1 vs 2 worker processes (workers.py). It prints numbers, never asserts them: speed
-claims come from this output, with the command beside them.
+training step; and, optionally, trials/hour with 1 vs 2 worker processes (workers.py). It prints numbers, never
+asserts them: speed claims come from this output, with the command beside them.
 """
 
 from __future__ import annotations

@@ -103,8 +103,8 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
     recorder = Recorder(tracker, run_id, run, data, sampling)
     try:
         with sampling:
-            result = train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, device, checkpoint=run.checkpoint, precision=run.precision,
-                           deterministic=run.deterministic,
+            result = train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, device,
+                           checkpoint=run.checkpoint, precision=run.precision, deterministic=run.deterministic,
                            **fan_out([progress.hooks, recorder.hooks, *hooks]))
     except StopRun as e:
         tracker.end_run(run_id, "pruned", str(e))

@@ -131,12 +131,12 @@ def train(model: nn.Module, cfg: TrainConfig, data: DataSplits, device: torch.de
           checkpoint: Path | None = None,
           on_start: StartHook | None = None, on_epoch: EpochHook | None = None, on_end: EndHook | None = None,
           precision: str = "auto", deterministic: bool = False) -> TrainResult:
-    """Train `model` (built for `cfg`: models.build_model) on `data` (already on `device`) for `cfg.epochs`, resuming from `checkpoint` if it holds
-    an unfinished run of the same config. A non-finite loss ends the run as "diverged", not with an exception.
-    `precision` (see device.autocast_dtype) changes speed, not what is compared; `deterministic` runs on
-    deterministic kernels only (device.deterministic_kernels), for bit-identical repeats on CUDA. The hooks hear
-    the run start (with the epochs resumed from the checkpoint, so they can replay them), each new epoch, and its
-    end; none of them changes the run's random numbers."""
+    """Train `model` (built for `cfg`: models.build_model) on `data` (already on `device`) for `cfg.epochs`, resuming
+    from `checkpoint` if it holds an unfinished run of the same config. A non-finite loss ends the run as "diverged",
+    not with an exception. `precision` (see device.autocast_dtype) changes speed, not what is compared;
+    `deterministic` runs on deterministic kernels only (device.deterministic_kernels), for bit-identical repeats on
+    CUDA. The hooks hear the run start (with the epochs resumed from the checkpoint, so they can replay them), each
+    new epoch, and its end; none of them changes the run's random numbers."""
     with deterministic_kernels(deterministic):
         return _train(model, cfg, data, device, checkpoint, on_start, on_epoch, on_end, precision)
 
