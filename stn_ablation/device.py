@@ -133,15 +133,9 @@ CUDA_EVAL_BATCH = 2048  # the least evaluation batch on CUDA (eval_batch_size)
 
 
 def eval_batch_size(device: torch.device, configured: int) -> int:
-    """The batch evaluation runs in on `device`, for a config's `eval_batch_size`. On CUDA at least
-    CUDA_EVAL_BATCH: with 256 images of 32 x 32 a batch, these small models leave a GPU idle between kernel
-    launches, and evaluation holds only activations (no gradients), a few hundred MB for loc3 at 2048. On the CPU
-    and MPS the configured batch, so their results stay what they were, bit for bit. This is a trainer detail, not
-    part of the config (nor its digest): in eval mode each image's logits depend only on that image (BatchNorm
-    uses its running statistics, no dropout), so on CUDA the batch changes at most which kernel cuDNN times fastest
-    for the shape, and with it the last bits of a logit under autocast or TF32: the kind of difference cuDNN
-    autotuning already makes between two CUDA runs (under --deterministic the kernel for a shape is fixed, and
-    repeats stay bit-identical)."""
+    """The batch evaluation runs in on `device`, for a config's `eval_batch_size`: on CUDA at least
+    CUDA_EVAL_BATCH, as small batches leave a GPU idle between launches; elsewhere the configured batch, so CPU
+    results stay bit for bit. Not part of the config: in eval mode each image's logits depend on that image only."""
     return max(configured, CUDA_EVAL_BATCH) if device.type == "cuda" else configured
 
 

@@ -134,22 +134,10 @@ class TutorialCNN(nn.Module):
 
 
 class DilatedConv2d(nn.Conv2d):
-    """A dilated convolution with "same" padding (dilation x (kernel // 2)) that avoids oneDNN's dilated kernels
-    where it can, and runs them channels-first under CPU autocast where it cannot.
-
-    With stride equal to the dilation d, the kernel only ever reads every d-th row and column of the input: it is
-    exactly the undilated kernel, stride 1 and padding kernel // 2, over x[..., ::d, ::d] (the same products and
-    sums, the same zero padding). That is how it runs, on every device and precision; the subsampling is a 1x1
-    average pool, an exact copy (its backward beat slicing's). For loc3's two stride-2 convs this took bf16
-    training of loc3_stn on 1 EPYC core from 700 to 910 images/s (slicing: 765; best of 12 interleaved rounds).
-
-    Other strides run as dilated convolutions. oneDNN (as shipped with PyTorch 2.14.1) returns wrong weight
-    gradients for a bf16 dilated convolution in channels_last on the CPU: for 24->48 channels at 32x32 they are
-    infinite or huge and differ on every call (tests/test_registry.py checks this layer against fp32).
-    Channels-first is exact to bf16 rounding, so under CPU autocast they run channels-first; fp32 and other
-    devices keep the channels_last path. The output goes back to the input's layout, so the BatchNorm, ReLU and
-    dropout after it do not run on mixed layouts (3-4x slower per element-wise op). (Running loc3's two stride-1
-    dilated convs in fp32 channels_last instead gained 0.4% on 1 core, within noise: not kept.)"""
+    """A dilated convolution with "same" padding (dilation x (kernel // 2)). With stride equal to the dilation it
+    runs as the undilated kernel over every d-th row and column, exactly the same sums and faster; otherwise, under
+    CPU autocast, channels-first, because oneDNN's bf16 dilated kernel in channels_last returns wrong weight
+    gradients (tests/test_registry.py checks it against fp32). The README's "Performance" has the measurements."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -169,29 +157,18 @@ class DilatedConv2d(nn.Conv2d):
 
 
 def keep_mask(n: int, p: float) -> torch.Tensor:
-    """`n` booleans, each True with probability 1 - p rounded to a multiple of 2**-32, independently.
-
-    Every element gets a uniform 32-bit word from numpy's SFC64 generator and is kept when the word is at or above
-    the p-quantile. The generator is seeded by one draw from torch's default generator, so `torch.manual_seed` and
-    a checkpoint's RNG state make a run repeatable. For 3.1M elements on 1 EPYC core: 1.9 ms of words (torch's
-    own 64-bit draws: 4.7 ms) and 0.3 ms to compare them (torch: 1.0 ms). 16-bit words would make loc3_stn's
-    training another 4.5% faster on 1 core, but round p to a multiple of 2**-16 (0.1 -> 0.100006): not done."""
+    """`n` booleans, each True with probability 1 - p rounded to a multiple of 2**-32, independently: a uniform 32-bit
+    word from numpy's SFC64 per element, kept at or above the p-quantile, the generator seeded by one draw from
+    torch's default generator so that seeds and checkpoints keep runs repeatable; cheaper than torch's draws."""
     seed = int(torch.randint(2**63 - 1, ()))
     words = np.random.SFC64(seed).random_raw((n + 1) // 2).view(np.int32)[:n]
     return torch.from_numpy(words >= -2**31 + round(p * 2**32))  # words are uniform on [-2**31, 2**31)
 
 
 class Dropout(nn.Module):
-    """Element-wise dropout with `nn.Dropout`'s inverted scaling and a cheaper mask on the CPU.
-
-    On the CPU, `nn.Dropout` draws one Bernoulli number per element from the serial Mersenne-Twister generator
-    (MKL's vectorized generator serves Intel CPUs only): 38 ms forward for a 128 x 48 x 32 x 32 bf16 activation
-    on 2 EPYC cores. Here the mask comes from `keep_mask` (its masks differ from nn.Dropout's) and its values 0
-    and 1 / (1 - p) are built as integers holding those two numbers' bit patterns, then viewed as x's dtype: the
-    same values as `keep.to(x.dtype) * (1 / (1 - p))`, whose bool-to-float conversion took 2.6 of a 128 x 24 x
-    32 x 32 activation's 3.9 ms of mask building on 1 core. With keep_mask's words, loc3_stn's bf16 training ran
-    14% faster on 1 core than with torch's words and a bool mask (median of 10 interleaved rounds, CPU time).
-    Other devices keep PyTorch's fused kernel."""
+    """Element-wise dropout with `nn.Dropout`'s inverted scaling and, on the CPU, a cheaper mask: `nn.Dropout` draws
+    one Bernoulli number per element from a serial generator there, so the mask comes from `keep_mask` and its two
+    values are built as integer bit patterns viewed as x's dtype. Other devices keep PyTorch's fused kernel."""
 
     def __init__(self, p: float):
         super().__init__()
