@@ -21,18 +21,18 @@ from stn_ablation.checkpoint import CheckpointError
 from stn_ablation.config import FROZEN_LEARNED, TrainConfig
 from stn_ablation.data.datasets import DataError, DataSplits, load_dataset, prepare
 from stn_ablation.device import autocast_dtype, precision_name
-from stn_ablation.tracking.identity import IDENTITY_TAG, run_identity
-from stn_ablation.errors import UsageError
 from stn_ablation.faults import fault_point
-from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
-from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.models.registry import get_variant
+from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG
-from stn_ablation.tracking.run import ROBUSTNESS_TAG, TrackedRun, robustness_tag, run_tracked
-from stn_ablation.training.final import robustness_sweeps
-from stn_ablation.study.storage import StorageError, open_storage
+from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.study.spec import StudySpec
+from stn_ablation.study.storage import StorageError, open_storage
+from stn_ablation.study.summary import study_summary
+from stn_ablation.tracking.identity import IDENTITY_TAG, run_identity
+from stn_ablation.tracking.run import ROBUSTNESS_TAG, TrackedRun, robustness_tag, run_tracked
 from stn_ablation.tracking.tracker import KEY_TAG, PARENT_TAG, Tracker
+from stn_ablation.training.final import robustness_sweeps
 from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult
 
 log = logging.getLogger(__name__)
@@ -349,31 +349,6 @@ class Worker:
                 self.tracker.end_run(self.parent, "finished")
             else:
                 self.tracker.set_status(self.parent, "FAILED")
-
-
-def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
-    """The parent run's metrics, so MLflow's runs table answers the headline without the report: trials by status
-    and, for each transformer against its twin (on each dataset of a study over several), the mean paired
-    difference of final test accuracy in points with its 95% interval (the report's numbers, from the same code)."""
-    from stn_ablation.reporting.records import read_study
-    from stn_ablation.reporting.tables import comparisons
-
-    statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in trials]
-    summary = {f"trials_{s}": float(statuses.count(s)) for s in ("finished", "diverged", "pruned", "failed")}
-    try:
-        study = read_study(tracker, spec.name, pictures=False).study()
-    except UsageError:  # runs in several precisions: the report says how to pick one
-        return summary
-    several = len(study.datasets) > 1
-    for c in comparisons(study):
-        if not c.of_transformer:
-            continue
-        name = f"stn_effect_pts/{c.dataset + '/' if several else ''}{c.a[0]}/{c.a[1]}"
-        d = c.test.diff
-        summary.update({f"{name}/mean": 100 * d.mean, f"{name}/n": float(c.test.n)})
-        if d.half_width is not None:
-            summary.update({f"{name}/ci_low": 100 * d.low, f"{name}/ci_high": 100 * d.high})
-    return {k: v for k, v in summary.items() if math.isfinite(v)}
 
 
 def cell_key(cell: dict[str, Any]) -> str:
