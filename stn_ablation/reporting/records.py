@@ -86,6 +86,12 @@ def read_study(tracker, name: str, pictures: bool = True) -> StudyRecords:
     return records
 
 
+def last_picture(tracker, run_id: str) -> dict[str, bytes]:
+    """{artifact path: PNG bytes} of the run's last-epoch transformer picture; empty for a run without one."""
+    names = sorted(p for p in tracker.list_artifacts(run_id, "stn") if p.endswith(".png"))
+    return {names[-1]: tracker.read_artifact(run_id, names[-1])} if names else {}
+
+
 def _add_pictures(tracker, records: StudyRecords) -> None:
     """Each child whose transformer picture the report shows gets it, as {artifact path: base64 PNG}: for each
     device/precision of the runs, as the report shows one at a time."""
@@ -93,10 +99,8 @@ def _add_pictures(tracker, records: StudyRecords) -> None:
     for group in sorted({numerics(run_of(r)) for r in records.children}):
         for run in picture_runs(records.study(only=group)):
             store_id = records.store_ids[run.id]
-            names = sorted(p for p in tracker.list_artifacts(store_id, "stn") if p.endswith(".png"))
-            if names:
-                content = tracker.read_artifact(store_id, names[-1])
-                by_id[run.id]["pictures"] = {names[-1]: base64.b64encode(content).decode("ascii")}
+            by_id[run.id]["pictures"] = {path: base64.b64encode(content).decode("ascii")
+                                         for path, content in last_picture(tracker, store_id).items()}
 
 
 # -- the runs file -------------------------------------------------------------------------------------------------

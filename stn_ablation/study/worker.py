@@ -24,7 +24,7 @@ from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.faults import fault_point
 from stn_ablation.models.registry import get_variant
 from stn_ablation.paths import StateFolderError, StateHome
-from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG
+from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG, last_picture
 from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.study.spec import StudySpec
 from stn_ablation.study.storage import StorageError, open_storage
@@ -265,8 +265,7 @@ class Worker:
             for values in (record["metrics"], record["history"]):
                 for key in [k for k in values if k.startswith("robust/")]:
                     del values[key]
-        pictures = sorted(p for p in self.tracker.list_artifacts(source.info.run_id, "stn") if p.endswith(".png"))
-        files = {pictures[-1]: self.tracker.read_artifact(source.info.run_id, pictures[-1])} if pictures else {}
+        files = last_picture(self.tracker, source.info.run_id)
         study = record["tags"].get("study", "train")
         record["tags"] = {k: v for k, v in record["tags"].items() if k not in (IMPORTED_TAG, "mlflow.note.content")}
         run_id = self.tracker.write_run(
