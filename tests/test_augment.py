@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from stn_ablation.data.augment import augment, hflip, random_crop, random_hflip
-from stn_ablation.config import AUGMENTATIONS
+from stn_ablation.config import AUGMENTATIONS, TrainConfig
+from stn_ablation.data.augment import VERSIONS as AUGMENT_VERSIONS
+from stn_ablation.data.augment import affine_warp, augment, hflip, random_crop, random_hflip
 from stn_ablation.errors import ConfigError
+from stn_ablation.tracking import identity
+from stn_ablation.tracking.identity import run_identity
 
 RANDOM_KINDS = [kind for kind in AUGMENTATIONS if kind != "none"]
 
@@ -176,3 +181,28 @@ def test_a_channels_last_batch_stays_channels_last_with_the_same_values(kind, ch
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, augment(x, kind, _gen(3)))
     assert augment(x, kind, _gen(3)).is_contiguous()  # and NCHW stays NCHW
+
+
+@pytest.mark.parametrize("sweep, value", [("degrees", 30.0), ("scale", 1.25), ("shift_px", (4.0, 4.0))])
+def test_a_robustness_sweeps_warp_is_its_plain_matrix_to_the_bit(sweep, value):
+    """The sweeps go through the "rts" family's matrix; one motion at a time it must equal the matrix written out
+    (rotation, 1/zoom, or a shift of -2 px / width), so the logged robustness numbers do not move."""
+    x = _batch(torch.float32, b=4)
+    angle = torch.tensor(value if sweep == "degrees" else 0.0) * (torch.pi / 180)
+    s = 1 / torch.tensor(value if sweep == "scale" else 1.0)
+    tx = -2 * torch.tensor(value[0] if sweep == "shift_px" else 0.0) / 32
+    cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
+    theta = torch.stack([torch.stack([cos, -sin, tx]), torch.stack([sin, cos, tx])]).expand(4, 2, 3)
+    expected = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+    assert torch.equal(affine_warp(x, **{sweep: value}), expected)
+
+
+def test_only_an_augmentation_with_a_version_moves_the_run_identity(monkeypatch):
+    """A run's identity carries an augmentation's version where it has one: "affine" runs of the old matrix are not
+    reused, and every other run keeps the identity its committed records hold."""
+    data = SimpleNamespace(digests={"train": "a", "val": "b", "test": "c"}, generation={})
+    ids = lambda aug: run_identity(TrainConfig(variant="tutorial_stn", aug=aug), data, "cpu", "fp32")  # noqa: E731
+    with_versions = {aug: ids(aug) for aug in AUGMENTATIONS}
+    monkeypatch.setattr(identity, "AUGMENT_VERSIONS", {})
+    without = {aug: ids(aug) for aug in AUGMENTATIONS}
+    assert {aug for aug in AUGMENTATIONS if with_versions[aug] != without[aug]} == set(AUGMENT_VERSIONS) == {"affine"}

@@ -8,6 +8,7 @@ import hashlib
 import json
 
 from stn_ablation.config import TrainConfig
+from stn_ablation.data.augment import VERSIONS as AUGMENT_VERSIONS
 from stn_ablation.data.datasets import DataSplits
 from stn_ablation.models.registry import get_variant
 
@@ -35,7 +36,10 @@ def training_params(cfg: TrainConfig) -> dict:
 
 def run_identity(cfg: TrainConfig, data: DataSplits, device_type: str, precision: str) -> str:
     """Hash of the resolved training config, the content of the data (each split's digest, and for a generated set
-    the version of the code that generated it), the device type, the autocast precision and NUMERICS_VERSION."""
+    the version of the code that generated it), the device type, the autocast precision, NUMERICS_VERSION, and the
+    augmentation's own version where it has one (absent otherwise, so other runs keep the identity they had)."""
     payload = {"config": training_params(cfg), "data": data.digests, "device": device_type, "precision": precision,
                "generation": data.generation.get("version"), "numerics": NUMERICS_VERSION}
+    if cfg.aug in AUGMENT_VERSIONS:
+        payload["augment"] = AUGMENT_VERSIONS[cfg.aug]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
