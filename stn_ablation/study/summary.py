@@ -4,6 +4,7 @@ so that MLflow's runs table shows the report's numbers, computed by the same cod
 from __future__ import annotations
 
 import math
+import re
 
 import optuna
 
@@ -29,6 +30,7 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
         if not c.of_transformer:
             continue
         name = f"stn_effect_pts/{c.dataset + '/' if several else ''}{c.a[0]}/{c.a[1]}"
+        name = re.sub(r"[^\w\-. :/]", "-", name)  # MLflow's key characters: a derived variant's + becomes -
         d = c.test.diff
         summary.update({f"{name}/mean": 100 * d.mean, f"{name}/n": float(c.test.n)})
         if d.half_width is not None:
