@@ -63,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, training, plugin], help="train one variant as one MLflow run")
     p.add_argument("--variant", required=True, help="registry name, see `stn-ablate list`")
-    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--dataset", metavar="DATASET",
+                   help=f"one of {', '.join(DATASETS)}, or your own: folder:DIR (an ImageFolder tree) or npz:FILE")
+    p.add_argument("--image-size", type=int, help="your own data: resize every image to N x N pixels")
     p.add_argument("--aug", choices=AUGMENTATIONS)
     p.add_argument("--distort", action="store_true",
                    help="train on randomly rotated/zoomed/shifted images: the same as --aug affine")
@@ -330,11 +332,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig().with_overrides(
         variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs,
         seed=args.seed, lr=args.lr, loc_lr_mult=args.loc_lr_mult, batch_size=args.batch_size, subset=args.subset,
-        frozen=args.frozen)
+        frozen=args.frozen, image_size=args.image_size)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)
-    data = prepare(load_dataset(cfg.dataset, args.data_root), device, val_size=cfg.val_size, subset=cfg.subset)
+    data = prepare(load_dataset(cfg.dataset, args.data_root, image_size=cfg.image_size), device,
+                   val_size=cfg.val_size, subset=cfg.subset)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     tracker.check()
     experiment = tracker.experiment("train")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from stn_ablation.catalog import CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, title
+from stn_ablation.catalog import CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, OWN_PROVENANCE, title
 from stn_ablation.errors import UsageError
 from stn_ablation.reporting.published import STN_PAPER_TRAINING, published_error
 from stn_ablation.reporting.records import FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, StudyRecords, write_file
@@ -54,7 +55,7 @@ def write_report(records: StudyRecords, out: Path | None, fmt: str, only: str | 
         for old in out.glob(pattern):
             old.unlink()
     parts = loaded.per_dataset()
-    tags = {d: f"_{d}" if len(parts) > 1 else "" for d, _ in parts}
+    tags = {d: re.sub(r"[^\w.-]", "_", f"_{d}") if len(parts) > 1 else "" for d, _ in parts}  # own data's path
     pictures = {d: {**figures.write_stn_grids(part, out, tags[d]), **figures.draw(part, out, tags[d])}
                 for d, part in parts}
     if len(parts) > 1 and loaded.phase == "grid":
@@ -320,7 +321,9 @@ def _data_line(study: Study) -> str:
     if not runs:
         return "—"
     names = ", ".join(title(d) for d in study.datasets)
-    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official"})
+    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official", OWN_PROVENANCE})
+    if not unofficial and OWN_PROVENANCE in {r.tags["data_provenance"] for r in runs}:
+        return f"{names}: your own data (each run's dataset inputs hold its splits' content digests and source)"
     generated = _generations(runs)
     release = (f"**not the official release** ({'; '.join(unofficial)}): accuracies may not compare with published "
                "ones" if unofficial else "the official release (md5-checked)")

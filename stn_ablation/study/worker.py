@@ -306,14 +306,14 @@ class Worker:
         one line, before any trial is created; a study over MNIST sets never needs CIFAR-10."""
         self._splits(self.spec.config(self.spec.cells()[0]))
         for name in self.spec.datasets:  # the first one's load is the cached one _splits just made
-            load_dataset(name, self.data_root)
+            load_dataset(name, self.data_root, image_size=self.spec.base.image_size)
 
     def _splits(self, cfg: TrainConfig) -> DataSplits:
-        """Data on the device, prepared once per process for each (dataset, validation size, subset)."""
-        key = (cfg.dataset, cfg.val_size, cfg.subset)
+        """Data on the device, prepared once per process for each (dataset, image size, validation size, subset)."""
+        key = (cfg.dataset, cfg.image_size, cfg.val_size, cfg.subset)
         if key not in self._data:
             self._data.clear()  # one copy on the device at a time
-            self._data[key] = prepare(load_dataset(cfg.dataset, self.data_root), self.device,
+            self._data[key] = prepare(load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size), self.device,
                                       val_size=cfg.val_size, subset=cfg.subset)
         return self._data[key]
 
