@@ -19,7 +19,8 @@ from typing import Any, Callable
 from stn_ablation.catalog import CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, OWN_PROVENANCE, title
 from stn_ablation.errors import UsageError
 from stn_ablation.reporting.published import STN_PAPER_TRAINING, published_error
-from stn_ablation.reporting.records import FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, StudyRecords, write_file
+from stn_ablation.reporting.records import (FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, StudyRecords,
+                                           write_file)
 from stn_ablation.reporting.tables import (Table, best_config_table, best_trial_sentence, comparisons, control_sentence,
                                         effect_sentence, effects_table, error_table, frozen_sentences,
                                         issues_table, main_table, objective, published_claim_sentence,
@@ -276,8 +277,9 @@ def _header(study: Study, fmt: str) -> list[str]:
     tags, runs = study.parent_tags, study.runs
     everything = [tags] + [r.tags for r in runs]
     form = f" --format {fmt}" if fmt != "md" else ""
-    command = f"stn-ablate run --study {study.name} && stn-ablate report --study {study.name}{form}"
-    from_records = f"stn-ablate report --study {study.name} --runs reports/{study.name}/{FILE_NAME}{form}"
+    named = tags.get(STUDY_FILE_TAG, study.name)  # what --study named it by
+    command = f"stn-ablate run --study {named} && stn-ablate report --study {named}{form}"
+    from_records = f"stn-ablate report --study {named} --runs reports/{study.name}/{FILE_NAME}{form}"
     # the newest child's end dates the runs: the parent closes again whenever `run` is re-run (say, on a store that
     # imported the runs file)
     ends = [r.end for r in runs if r.end] or [e for e in [study.parent_end] if e]

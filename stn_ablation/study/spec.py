@@ -84,6 +84,11 @@ class StudySpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
 
     @property
+    def argument(self) -> str:
+        """What `--study` names it by: a shipped study's name, any other study's file path as it was given."""
+        return self.name if self.path.parent == STUDIES_DIR else str(self.path)
+
+    @property
     def storage_name(self) -> str:
         """The Optuna study name: the study's name plus its digest."""
         return f"{self.name}-{self.digest}"

@@ -24,7 +24,7 @@ from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.faults import fault_point
 from stn_ablation.models.registry import get_variant
 from stn_ablation.paths import StateFolderError, StateHome
-from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG, last_picture
+from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, last_picture
 from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.study.spec import StudySpec
 from stn_ablation.study.storage import StorageError, open_storage
@@ -324,7 +324,8 @@ class Worker:
         run_id = self.tracker.open_run(
             self.experiment, f"study:{spec.storage_name}", spec.storage_name, reuse_finished=True,
             tags={"study": spec.name, "study_digest": spec.digest, "phase": "study", "optuna_study": spec.storage_name,
-                  "study_file_sha256": spec.file_sha256, "mlflow.note.content": spec.description},
+                  "study_file_sha256": spec.file_sha256, "mlflow.note.content": spec.description,
+                  **({STUDY_FILE_TAG: spec.argument} if spec.argument != spec.name else {})},
             params={"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner, "metric": spec.metric,
                     **{f"grid.{k}": ",".join(map(str, v)) for k, v in spec.grid.items()},
                     **{f"base.{k}": v for k, v in spec.base.as_dict().items()}})
