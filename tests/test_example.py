@@ -1,6 +1,7 @@
 """The worked example (examples/) run as the README's "Your own classifier" says, from a copy of the folder as a
 fresh clone has it, shrunk to CPU seconds: its data script, then `run` and `report` on its study file. The report
-must set the user's classifier beside its derived STN with a paired interval, and each run must record its data."""
+must set the user's classifier beside its derived STN with a paired interval and name the classes, and each run must
+record its data."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def test_the_example_trains_and_reports_a_users_classifier_beside_its_stn(data_r
     effect = next(line for line in report.splitlines() if line.startswith("| small_resnet+stn/affine − small_resnet |"))
     n, difference, interval = effect.split(" | ")[2:5]
     assert n == "2" and " to " in interval, effect  # paired by seed, with its interval
+    assert "| class | small_resnet | small_resnet+stn/affine |" in report  # the per-class table, by class name
+    assert [line.split(" | ")[0] for line in report.splitlines() if line.startswith(("| airplane", "| truck"))] == [
+        "| airplane", "| truck"]
 
     _, children = child_runs(Path(home), "my_study")
     run = next(r for r in children if r.data.tags["variant"] == "small_resnet+stn")

@@ -94,6 +94,7 @@ def _add(variant: Variant) -> None:
                           f"by {variant.origin}: rename one")
     _VARIANTS[variant.name] = variant
 
+
 def list_variants(pattern: str = "*") -> list[str]:
     """Registered variant names matching a shell-style pattern, sorted (a classifier's derived variants follow it)."""
     _derive()

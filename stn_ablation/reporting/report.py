@@ -21,8 +21,8 @@ from stn_ablation.errors import UsageError
 from stn_ablation.reporting.published import STN_PAPER_TRAINING, published_error
 from stn_ablation.reporting.records import (FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, StudyRecords,
                                            write_file)
-from stn_ablation.reporting.tables import (Table, best_config_table, best_trial_sentence, comparisons, control_sentence,
-                                        effect_sentence, effects_table, error_table, frozen_sentences,
+from stn_ablation.reporting.tables import (Table, best_config_table, best_trial_sentence, class_table, comparisons,
+                                        control_sentence, effect_sentence, effects_table, error_table, frozen_sentences,
                                         issues_table, main_table, objective, published_claim_sentence,
                                         robustness_table, sign_sentences, theta_sentence, theta_table,
                                         transformer_effects_table, trials_table)
@@ -219,6 +219,9 @@ def _grid(study: Study, found: list, md: list[str], add: Callable, show: Callabl
                "and nothing was chosen by the test set."))
         show("fig_final")
         show("fig_curves")
+        if (classes := class_table(study)) is not None:
+            add(classes, "Each class's share of its test images classified correctly, from the evaluation that gives "
+                "the final test accuracy.")
     else:
         md += ["No run has finished yet.", ""]
     issues = issues_table(study)
