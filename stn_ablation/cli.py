@@ -66,6 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", metavar="DATASET",
                    help=f"one of {', '.join(DATASETS)}, or your own: folder:DIR (an ImageFolder tree) or npz:FILE")
     p.add_argument("--image-size", type=int, help="your own data: resize every image to N x N pixels")
+    p.add_argument("--val-size", type=int, help="validation images held out of the training set (default 5000)")
     p.add_argument("--aug", choices=AUGMENTATIONS)
     p.add_argument("--distort", action="store_true",
                    help="train on randomly rotated/zoomed/shifted images: the same as --aug affine")
@@ -332,7 +333,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig().with_overrides(
         variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs,
         seed=args.seed, lr=args.lr, loc_lr_mult=args.loc_lr_mult, batch_size=args.batch_size, subset=args.subset,
-        frozen=args.frozen, image_size=args.image_size)
+        frozen=args.frozen, image_size=args.image_size, val_size=args.val_size)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)

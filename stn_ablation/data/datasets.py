@@ -79,7 +79,7 @@ def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed shuffle of range(n): (train indices, validation indices). Same for every run and seed."""
     if not 0 <= val_size < n:
         raise ConfigError(f"val_size must be in [0, {n - 1}], got {val_size}: the training set has {n} images; set "
-                          f"val_size (a study's [train]) to a part of them, e.g. {n // 10}")
+                          f"val_size (a study's [train], train's --val-size) to a part of them, e.g. {n // 10}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return order[val_size:], order[:val_size]
 
