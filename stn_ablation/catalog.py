@@ -64,6 +64,18 @@ NAMES = tuple(CATALOG)
 GENERATED_SETS = tuple(name for name, d in CATALOG.items() if d.base)
 
 
+# A user's own data set is named by its kind and path instead: "folder:DIR", an ImageFolder tree, or "npz:FILE";
+# data/own.py loads it and measures what the catalog states for these (its channels, side, mean and std).
+OWN_KINDS = ("folder", "npz")
+OWN_PROVENANCE = "own data"  # its runs' data_provenance: there is no release to check it against
+
+
+def own_data(name: str) -> tuple[str, str] | None:
+    """(kind, path) of a user's own data set ("folder:DIR" or "npz:FILE"); None for any other name."""
+    kind, colon, path = name.partition(":")
+    return (kind, path) if colon and kind in OWN_KINDS and path else None
+
+
 def title(name: str) -> str:
     """How a report calls a dataset (MNIST RTS for mnist_rts); its identifier where the catalog has no such set."""
     return CATALOG[name].title if name in CATALOG else name

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stn_ablation.config import AUGMENTATIONS, DATASETS, PRECISIONS, REFERENCE_AUGMENTATIONS
 from stn_ablation.errors import UsageError
+from stn_ablation.plugins import load_plugins
 from stn_ablation.reporting.report import FORMATS
 
 
@@ -52,11 +53,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     training.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     training.add_argument("--data-root", help="torchvision data root; default $STN_ABLATE_DATA or a cache folder")
 
-    sub.add_parser("list", help="list model variants and studies")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (from the current folder or the path): it registers your "
+                             "classifiers; repeatable. Installed packages' stn_ablation.variants entry points load "
+                             "by themselves")
 
-    p = sub.add_parser("train", parents=[common, training], help="train one variant as one MLflow run")
+    sub.add_parser("list", parents=[plugin], help="list model variants and studies")
+
+    p = sub.add_parser("train", parents=[common, training, plugin], help="train one variant as one MLflow run")
     p.add_argument("--variant", required=True, help="registry name, see `stn-ablate list`")
-    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--dataset", metavar="DATASET",
+                   help=f"one of {', '.join(DATASETS)}, or your own: folder:DIR (an ImageFolder tree) or npz:FILE")
+    p.add_argument("--image-size", type=int, help="your own data: resize every image to N x N pixels")
+    p.add_argument("--val-size", type=int, help="validation images held out of the training set (default 5000)")
     p.add_argument("--aug", choices=AUGMENTATIONS)
     p.add_argument("--distort", action="store_true",
                    help="train on randomly rotated/zoomed/shifted images: the same as --aug affine")
@@ -67,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--frozen", help="a <twin>+frozen variant's fixed transform, e.g. attention:1.63,0,0")
 
-    p = sub.add_parser("run", parents=[common, training], help="run (or resume) a study: its trials as MLflow runs")
+    p = sub.add_parser("run", parents=[common, training, plugin],
+                       help="run (or resume) a study: its trials as MLflow runs")
     p.add_argument("--study", required=True, help="a name from `stn-ablate list` or a path to a .toml file")
     p.add_argument("--storage", help="Optuna storage: postgresql://... to share a study between machines, "
                                      "sqlite:///FILE, or a .journal file; default: a journal in the state folder")
@@ -77,8 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "and with --device auto or cuda each gets its own GPU, round-robin")
     p.add_argument("--share-gpus", action="store_true", help="allow more --workers than visible GPUs")
 
-    p = sub.add_parser("report", parents=[common], help="write a study's report from its MLflow runs")
-    p.add_argument("--study", required=True, help="study name (its MLflow experiment)")
+    p = sub.add_parser("report", parents=[common, plugin], help="write a study's report from its MLflow runs")
+    p.add_argument("--study", required=True, help="study name (its MLflow experiment) or its .toml file")
     p.add_argument("--out", help="output folder; default reports/STUDY")
     p.add_argument("--format", default="md", choices=FORMATS, help="format of the tables")
     p.add_argument("--runs", help="write the report from this runs file (reports/STUDY/runs.jsonl) instead of the "
@@ -93,7 +104,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", parents=[common], help="put the runs of runs files into the MLflow store")
     p.add_argument("files", nargs="+", metavar="RUNS_FILE", help="e.g. reports/STUDY/runs.jsonl")
 
-    p = sub.add_parser("bench", help="training/evaluation throughput of the trainer vs a tutorial-style pipeline")
+    p = sub.add_parser("bench", parents=[plugin],
+                       help="training/evaluation throughput of the trainer vs a tutorial-style pipeline")
     p.add_argument("--variant", action="append", help="variant to measure (repeatable); default: all four")
     p.add_argument("--aug", default="standard", choices=REFERENCE_AUGMENTATIONS)
     p.add_argument("--batch-size", type=int, default=128)
@@ -123,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"list": cmd_list, "train": cmd_train, "run": cmd_run, "report": cmd_report, "export": cmd_export,
                "import": cmd_import, "bench": cmd_bench, "ui": cmd_ui}[args.command]
     try:
+        load_plugins(getattr(args, "plugin", []), Path.cwd(), "--plugin")
         return handler(args) or 0
     except KeyboardInterrupt:
         print("stn-ablate: interrupted; re-run the same command to resume", file=sys.stderr)
@@ -137,12 +150,14 @@ def cmd_list(args: argparse.Namespace) -> None:
     from stn_ablation.study.spec import list_studies, load_spec
     from stn_ablation.transforms import FAMILIES
 
-    names = list_variants()
+    names = list_variants()  # sorted: a classifier's derived variants (+frozen, +stn, ...) follow it
     width = max(map(len, names))
     print(f"{'variant':<{width}} {'params':>8}  description")
     for name in names:
         n = sum(p.numel() for p in create_model(name).parameters())
-        print(f"{name:<{width}} {n:>8,}  {get_variant(name).description}")
+        variant = get_variant(name)
+        plugin = "" if variant.origin.startswith("stn_ablation.") else f" [plugin {variant.origin}]"
+        print(f"{name:<{width}} {n:>8,}  {variant.description}{plugin}")
     print(f"\n{'transform':<14} {'params':>8}  what an STN's localization net regresses: `transform` in a study's "
           "[train] or [grid]")
     for family in FAMILIES.values():
@@ -197,6 +212,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     from stn_ablation.reporting.report import write_report
 
     out = Path(args.out) if args.out else None
+    if args.study.endswith(".toml"):  # a study file: its runs are filed under its name
+        from stn_ablation.study.spec import load_spec
+
+        args.study = load_spec(args.study).name
     if args.runs:
         path = write_report(read_file(Path(args.runs), args.study), out, args.format, args.numerics)
     else:
@@ -314,11 +333,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig().with_overrides(
         variant=args.variant, dataset=args.dataset, aug="affine" if args.distort else args.aug, epochs=args.epochs,
         seed=args.seed, lr=args.lr, loc_lr_mult=args.loc_lr_mult, batch_size=args.batch_size, subset=args.subset,
-        frozen=args.frozen)
+        frozen=args.frozen, image_size=args.image_size, val_size=args.val_size)
     get_variant(cfg.variant)
     home = StateHome.resolve(args.home)
     device = select_device(args.device)
-    data = prepare(load_dataset(cfg.dataset, args.data_root), device, val_size=cfg.val_size, subset=cfg.subset)
+    data = prepare(load_dataset(cfg.dataset, args.data_root, image_size=cfg.image_size), device,
+                   val_size=cfg.val_size, subset=cfg.subset)
     tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
     tracker.check()
     experiment = tracker.experiment("train")

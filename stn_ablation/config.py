@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from stn_ablation.catalog import NAMES
+from stn_ablation.catalog import NAMES, own_data
 from stn_ablation.errors import ConfigError
 
 AUGMENTATIONS = ("none", "standard", "affine")
@@ -53,6 +53,8 @@ class TrainConfig:
     eval_batch_size: int = 256  # images per evaluation forward pass (larger is slower on a CPU, fine on a GPU)
     frozen: str = ""  # a `<twin>+frozen` variant's fixed transform: "<family>:<p1>,<p2>,..." (e.g. attention:1.63,0,0)
     # or "learned" (a study sets it to the mean learned zoom and shift of its finished STN runs of the same cell)
+    image_size: int | None = None  # own data (folder:, npz:): resize every image to this many pixels a side;
+    # None = the images' own size, one square size for all
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -61,7 +63,9 @@ class TrainConfig:
                 raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
             if f.type == "float":  # lr = 1 and lr = 1.0 are one config, with one digest
                 object.__setattr__(self, f.name, float(value))
-        _check_choice("dataset", self.dataset, DATASETS)
+        if self.dataset not in DATASETS and not own_data(self.dataset):
+            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, or your own: folder:DIR (an ImageFolder "
+                              f"tree) or npz:FILE, got {self.dataset!r}")
         from stn_ablation.transforms import FAMILIES  # here, not above: the command line's choices stay torch-free
 
         _check_choice("transform", self.transform, tuple(FAMILIES))
@@ -81,6 +85,9 @@ class TrainConfig:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
         if self.frozen not in ("", FROZEN_LEARNED):
             frozen_transform(self.frozen)
+        if self.image_size is not None and (self.image_size < 1 or not own_data(self.dataset)):
+            raise ConfigError(f"image_size resizes your own data (dataset folder:DIR or npz:FILE) and must be at least "
+                              f"1; got {self.image_size} for dataset {self.dataset}")
 
     def with_overrides(self, **overrides: Any) -> "TrainConfig":
         """A copy with `overrides` applied; None values are ignored (an unset flag), unknown keys are an error."""
@@ -91,8 +98,9 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, but `frozen` only where set: configs from before it keep their digests (and run keys)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "frozen" or v}
+        """Every field, but `frozen` and `image_size` only where set: configs from before them keep their digests
+        (and run keys)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPTIONAL or v not in OPTIONAL[k]}
 
     def digest(self) -> str:
         """Short hash of the config: a checkpoint is only resumed by a run with the same one."""
@@ -100,6 +108,7 @@ class TrainConfig:
 
 
 FROZEN_LEARNED = "learned"
+OPTIONAL = {"frozen": ("",), "image_size": (None,)}  # fields as_dict leaves out at these (their defaults') values
 
 
 def frozen_transform(spec: str) -> tuple[str, tuple[float, ...]]:

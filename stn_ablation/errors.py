@@ -7,3 +7,8 @@ class UsageError(Exception):
 
 class ConfigError(UsageError, ValueError):
     """A configuration value or key that is not allowed; the message names it and what is allowed."""
+
+
+class PluginError(UsageError, ValueError):
+    """A plugin module that cannot be imported, or a variant it registers that cannot be used (a name taken twice,
+    a classifier that is no nn.Module or gives the wrong output); the message names the module and what to fix."""

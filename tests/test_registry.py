@@ -1,7 +1,10 @@
 """Every registered variant, parametrized over the registry itself: a newly registered variant is tested
-without touching this file."""
+without touching this file. The worked example's classifier (examples/my_classifier.py) is loaded as a plugin, so
+the variants the registry derives from a user's classifier are tested beside the shipped ones."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +14,18 @@ from stn_ablation import transforms
 from stn_ablation.models import registry
 from stn_ablation.errors import UsageError
 from stn_ablation.models.registry import UnknownVariantError, create_model, get_variant, list_variants, register_variant
+from stn_ablation.plugins import load_plugins
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+load_plugins(["my_classifier"], EXAMPLES, "tests/test_registry.py")
 VARIANTS = list_variants()
 STN_VARIANTS = [name for name in VARIANTS if get_variant(name).twin is not None]
 
 
 def test_registry_has_the_core_variants():
     assert {"tutorial_stn", "tutorial_cnn", "loc3_stn", "loc3_cnn"} <= set(VARIANTS)
+    assert list_variants("small_resnet*") == ["small_resnet", "small_resnet+frozen", "small_resnet+stn",
+                                              "small_resnet+stn_loc3"]  # the example's classifier, derived
     assert VARIANTS == sorted(VARIANTS)
     assert list_variants("loc3_*") == ["loc3_cnn", "loc3_cnn+frozen", "loc3_stn"]
 
@@ -176,7 +184,8 @@ def test_each_stn_has_a_frozen_control_with_the_twins_classifier(name):
     that learns nothing; at the identity it computes what the twin computes."""
     twin = get_variant(name).twin
     control = get_variant(twin + registry.FROZEN_SUFFIX)
-    assert control.controls == name and control.twin is None
+    assert get_variant(control.controls).twin == twin and control.twin is None  # of name, or of the first STN
+    assert control.controls == name or name.endswith("+stn_loc3")  # of one twin
     torch.manual_seed(7)
     frozen = create_model(control.name, frozen="attention:1.6,0.1,-0.2")
     torch.manual_seed(7)

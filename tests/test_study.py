@@ -312,7 +312,7 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
 
     requested = set()
 
-    def small(name: str, root, download: bool = True):
+    def small(name: str, root, download: bool = True, image_size: int | None = None):
         requested.add(name)
         return distorted.load(name, root, download, n=400, cache=tmp_path / "distorted") \
             if name in distorted.DISTORTIONS else mnist_raw

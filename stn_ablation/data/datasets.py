@@ -1,6 +1,6 @@
-"""Any dataset of the catalog as tensors on the training device: a release (releases.py) or a generated set
-(distorted.py), loaded once, normalized once, split once (a fixed 45k/5k train/validation split; the test set is
-only ever evaluated)."""
+"""Any dataset as tensors on the training device: a release (releases.py), a generated set (distorted.py) or a
+user's own (own.py), loaded once, normalized once, split once (a fixed train/validation split, 45k/5k by default;
+the test set is only ever evaluated)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stn_ablation.catalog import CATALOG
+from stn_ablation.catalog import CATALOG, own_data
 from stn_ablation.data import distorted
+from stn_ablation.data.own import load_own
 from stn_ablation.data.releases import DATA_ENV, DataError, RawDataset, default_data_root, digest, load_release
 from stn_ablation.device import channels_last
 from stn_ablation.errors import ConfigError
@@ -35,8 +36,8 @@ class DataSplits:
     std: tuple[float, ...]
     mirror_symmetric: bool
     provenance: str
-    name: str  # the dataset, one of the catalog's
-    source: str  # the folder it was loaded from
+    name: str  # the dataset: a catalog name, or own data's "folder:DIR" or "npz:FILE"
+    source: str  # the folder (or file) it was loaded from
     digests: dict[str, str]  # split (train, validation, test) -> sha256 prefix of its uint8 images and labels
     generation: dict = field(default_factory=dict)  # RawDataset.generation, for the run to log; {} for a plain set
 
@@ -53,9 +54,12 @@ class DataSplits:
         return len(self.classes)
 
 
-def load_dataset(name: str, root: Path | str | None = None, download: bool = True) -> RawDataset:
+def load_dataset(name: str, root: Path | str | None = None, download: bool = True, image_size: int | None = None
+                 ) -> RawDataset:
     """Load `name` from `root` (default: `default_data_root()`), downloading it when it is absent and the network
-    allows."""
+    allows; own data (own.py) from its own path, resized to `image_size` where given."""
+    if own_data(name):
+        return load_own(name, image_size)
     if name not in CATALOG:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(CATALOG)}")
     return _load_cached(name, Path(root).expanduser().resolve() if root else default_data_root().resolve(), download)
@@ -74,7 +78,8 @@ def _load_cached(name: str, root: Path, download: bool) -> RawDataset:
 def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed shuffle of range(n): (train indices, validation indices). Same for every run and seed."""
     if not 0 <= val_size < n:
-        raise ConfigError(f"val_size must be in [0, {n - 1}], got {val_size}")
+        raise ConfigError(f"val_size must be in [0, {n - 1}], got {val_size}: the training set has {n} images; set "
+                          f"val_size (a study's [train], train's --val-size) to a part of them, e.g. {n // 10}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return order[val_size:], order[:val_size]
 
@@ -90,7 +95,7 @@ def prepare(raw: RawDataset, device: torch.device, *, val_size: int = 5000, subs
             raise ConfigError(f"--subset {subset} is larger than the {len(train_idx)} training images "
                              f"({len(raw.train_y)} minus {val_size} for validation); use at most {len(train_idx)}")
         train_idx = train_idx[:subset]
-    spec = CATALOG[raw.name]
+    spec = raw.spec or CATALOG[raw.name]
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from stn_ablation.catalog import CATALOG
+from stn_ablation.catalog import CATALOG, Dataset
 from stn_ablation.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class RawDataset:
     provenance: str  # "official" or what differs from the official release
     source: str  # the folder it was loaded from
     generation: dict = field(default_factory=dict)  # a generated set's parameters and digests (distorted.py)
+    spec: Dataset | None = None  # own data's description, measured (own.py); None for a set of the catalog
 
 
 def default_data_root() -> Path:

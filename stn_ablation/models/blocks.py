@@ -3,6 +3,8 @@ class that puts an optional transformer in front of a classifier."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -113,6 +115,17 @@ def loc3_localization(in_channels: int) -> nn.Sequential:
         nn.Conv2d(8, 8, kernel_size=7), nn.MaxPool2d(2), nn.ReLU(True),  # B x 8 x 11 x 11
         nn.Conv2d(8, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(True),  # B x 10 x 3 x 3
     )
+
+
+LOCALIZATION_SIDE = 32  # pixels per side the tutorial's and loc3's localization nets were designed for (CIFAR-10)
+
+
+def sized_localization(stem: Callable[[int], nn.Sequential], in_shape: Shape) -> nn.Sequential:
+    """`stem`'s localization net (tutorial_localization, loc3_localization) for images of any size: it sees them
+    average-pooled to 32 x 32, the size its layers were made for (a 32 x 32 input is left as it is), so it has the
+    same layers for every input; the transform it regresses warps the full-size image."""
+    resize = [] if in_shape[1:] == (LOCALIZATION_SIDE,) * 2 else [nn.AdaptiveAvgPool2d(LOCALIZATION_SIDE)]
+    return nn.Sequential(*resize, *stem(in_shape[0]))  # B x C x 32 x 32 -> the stem's features
 
 
 class TutorialCNN(nn.Module):

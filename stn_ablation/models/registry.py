@@ -1,5 +1,6 @@
 """The one registry of model variants: a name -> factory dict, filled by the decorated factories of the families
-(tutorial.py, loc3.py, paper.py), which the package's face imports; the registry imports no family."""
+(tutorial.py, loc3.py, paper.py), which the package's face imports, and by plugins' classifiers, from which it
+derives their STN variants and frozen controls; the registry imports no family."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from stn_ablation import plugins
 from stn_ablation.config import FROZEN_LEARNED, TrainConfig
-from stn_ablation.errors import ConfigError, UsageError
-from stn_ablation.models.blocks import FixedTransform
+from stn_ablation.errors import ConfigError, PluginError, UsageError
+from stn_ablation.models.blocks import (FixedTransform, SpatialTransformer, STNClassifier, loc3_localization,
+                                        sized_localization, tutorial_localization)
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Variant:
     description: str
     twin: str | None  # for an STN variant: the variant with the same classifier and no transformer
     controls: str | None = None  # for a `<twin>+frozen` control: the STN variant whose transform it holds fixed
+    origin: str = ""  # the module that registered it (for a derived variant, its classifier's): a plugin's name
+    classifier: bool = False  # registered by register_classifier: the registry derives its STN variants
 
     @property
     def has_transformer(self) -> bool:
@@ -40,37 +45,70 @@ class UnknownVariantError(UsageError, KeyError):
 
 
 _VARIANTS: dict[str, Variant] = {}
+DEFAULT_SHAPE = (3, 32, 32)  # C x H x W a variant is built for when no shape is given (`stn-ablate list`)
+DEFAULT_CLASSES = 10
+# the STN variants derived from each registered classifier: name suffix -> (localization stem, what list says)
+DERIVED_STNS = {"+stn": (tutorial_localization, "the tutorial's 2-conv localization net"),
+                "+stn_loc3": (loc3_localization, "loc3's 3-conv localization net")}
+FROZEN_SUFFIX = "+frozen"
 
 
 def register_variant(name: str, *, twin: str | None = None
                      ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model factory under `name`; a second factory with the same name is an error.
-    An STN variant names its no-STN `twin`, which is what the ablation compares it with."""
+    An STN variant names its no-STN `twin`, which is what the ablation compares it with. The factory returns an
+    STNClassifier; for any other classifier, register_classifier derives the pair."""
 
     def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _VARIANTS:
-            raise ValueError(f"variant {name!r} is registered twice")
-        doc = (factory.__doc__ or "").strip().splitlines()
-        _VARIANTS[name] = Variant(name, factory, doc[0] if doc else "", twin)
+        _add(Variant(name, factory, _first_line(factory), twin, origin=factory.__module__))
         return factory
 
     return decorate
 
 
+def register_classifier(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator for a classifier factory `(in_shape, num_classes) -> nn.Module` mapping B x C x H x W images to
+    B x num_classes logits: registers it as variant `name`, the no-STN twin of the STN variants the registry
+    derives from it, `name+stn` and `name+stn_loc3` (a transformer in front, its localization net sized to the
+    input), and of its frozen control `name+frozen`."""
+
+    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _add(Variant(name, _twin_factory(name, factory), _first_line(factory), None, origin=factory.__module__,
+                     classifier=True))
+        return factory
+
+    return decorate
+
+
+def _first_line(factory: Callable) -> str:
+    doc = (factory.__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def _add(variant: Variant) -> None:
+    if "+" in variant.name:
+        raise PluginError(f"variant {variant.name!r} (registered by {variant.origin}) has a '+', which marks the "
+                          "variants the registry derives (+stn, +frozen): rename it")
+    if variant.name in _VARIANTS:
+        raise PluginError(f"variant {variant.name!r} is registered twice, by {_VARIANTS[variant.name].origin} and "
+                          f"by {variant.origin}: rename one")
+    _VARIANTS[variant.name] = variant
+
+
 def list_variants(pattern: str = "*") -> list[str]:
-    """Registered variant names matching a shell-style pattern, sorted."""
-    _derive_controls()
+    """Registered variant names matching a shell-style pattern, sorted (a classifier's derived variants follow it)."""
+    _derive()
     return sorted(n for n in _VARIANTS if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_variant(name: str) -> Variant:
-    _derive_controls()
+    _derive()
     try:
         return _VARIANTS[name]
     except KeyError:
         raise UnknownVariantError(
-            f"unknown variant {name!r}; choose one of: {', '.join(sorted(_VARIANTS))} (see `stn-ablate list`)"
-        ) from None
+            f"unknown variant {name!r}; choose one of: {', '.join(sorted(_VARIANTS))} (see `stn-ablate list`; "
+            "a plugin's variants need --plugin MODULE or the study's plugins)") from None
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -94,18 +132,71 @@ def build_model(cfg: TrainConfig, in_shape: tuple[int, int, int], num_classes: i
                         frozen=cfg.frozen if variant.controls else None)
 
 
-FROZEN_SUFFIX = "+frozen"
-
-
-def _derive_controls() -> None:
-    """Derive each registered STN's frozen-transform control (the families are registered by the package's face,
-    which imports them), on first use so that a family registered later gets one too."""
+def _derive() -> None:
+    """On first use, import the installed plugins (plugins.ENTRY_POINTS); then derive each registered classifier's
+    STN variants and each STN's frozen-transform control, on every use so that a variant registered later (a
+    plugin named by a study) gets them too. With several STNs of one twin, the control is the first's."""
+    plugins.load_entry_points()
+    for classifier in [v for v in _VARIANTS.values() if v.classifier]:
+        for suffix, (stem, what) in DERIVED_STNS.items():
+            name = classifier.name + suffix
+            if name not in _VARIANTS:
+                _VARIANTS[name] = Variant(name, _stn_factory(classifier.factory, stem),
+                                          f"{classifier.name} behind a spatial transformer with {what}",
+                                          classifier.name, origin=classifier.origin)
     for stn in [v for v in _VARIANTS.values() if v.has_transformer]:
         name = stn.twin + FROZEN_SUFFIX
         if name not in _VARIANTS:
             _VARIANTS[name] = Variant(name, _frozen_factory(_VARIANTS[stn.twin].factory),
                                       f"{stn.twin} behind a fixed, non-learned transform (config `frozen`): the "
-                                      f"control of {stn.name}", None, controls=stn.name)
+                                      f"control of {stn.name}", None, controls=stn.name, origin=stn.origin)
+
+
+def _twin_factory(name: str, factory: Callable[..., nn.Module]) -> Callable[..., STNClassifier]:
+    """The factory of a registered classifier's variant: the classifier, checked, as an STNClassifier without a
+    transformer, so that it is built, trained and pictured like every other variant."""
+
+    def build(in_shape=DEFAULT_SHAPE, num_classes=DEFAULT_CLASSES) -> STNClassifier:
+        return STNClassifier(_checked(name, factory, tuple(in_shape), num_classes))
+    return build
+
+
+def _checked(name: str, factory: Callable[..., nn.Module], in_shape: tuple[int, int, int], num_classes: int
+             ) -> nn.Module:
+    """`factory(in_shape, num_classes)`, or a PluginError naming its module when it returns no nn.Module or one
+    that does not map a batch of 2 images to 2 x num_classes logits. The trial forward runs in eval mode with the
+    random state restored after it, so it changes neither the weights nor what the seed draws next."""
+    where = f"classifier {name!r} ({factory.__module__}.{factory.__qualname__})"
+    model = factory(in_shape, num_classes)
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"{where} returned a {type(model).__name__}, not a torch.nn.Module: return the model")
+    batch = f"a batch of 2 x {' x '.join(map(str, in_shape))} images"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            training = model.training
+            out = model.eval()(torch.zeros(2, *in_shape))
+            model.train(training)
+    except Exception as e:  # the user's forward: any failure is theirs to fix
+        raise PluginError(f"{where} fails on {batch} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                          ": size its layers from in_shape") from None
+    got = " x ".join(map(str, out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        raise PluginError(f"{where} maps {batch} to {got}, not 2 x {num_classes} logits: give its last layer "
+                          "num_classes outputs")
+    return model
+
+
+def _stn_factory(twin: Callable[..., STNClassifier], stem: Callable[[int], nn.Sequential]
+                 ) -> Callable[..., STNClassifier]:
+    """The factory of a classifier's derived STN variant: the twin built first, so with the same seed its classifier
+    is the twin's bit for bit, then a SpatialTransformer with `stem`'s localization net sized to the input (its
+    regressor's last layer at the identity) in front."""
+
+    def build(in_shape=DEFAULT_SHAPE, num_classes=DEFAULT_CLASSES, transform: str = "affine") -> STNClassifier:
+        model = twin(in_shape, num_classes)
+        model.stn = SpatialTransformer(sized_localization(stem, tuple(in_shape)), tuple(in_shape), family=transform)
+        return model
+    return build
 
 
 def _frozen_factory(twin: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

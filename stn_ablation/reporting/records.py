@@ -22,6 +22,7 @@ FILE_NAME = "runs.jsonl"
 IMPORTED_TAG = "stn.imported_from"  # on a run made by `import`: the id of the run it was made from
 REUSED_TAG = "stn.reused_from"  # on a study's child that took another run's result instead of training
 REUSED_STUDY_TAG = "stn.reused_from_study"
+STUDY_FILE_TAG = "stn.study_file"  # on the parent run of a study that is not shipped: its file, as --study named it
 
 
 class RecordsError(UsageError):

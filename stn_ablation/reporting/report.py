@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from stn_ablation.catalog import CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, title
+from stn_ablation.catalog import CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, OWN_PROVENANCE, title
 from stn_ablation.errors import UsageError
 from stn_ablation.reporting.published import STN_PAPER_TRAINING, published_error
-from stn_ablation.reporting.records import FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, StudyRecords, write_file
-from stn_ablation.reporting.tables import (Table, best_config_table, best_trial_sentence, comparisons, control_sentence,
-                                        effect_sentence, effects_table, error_table, frozen_sentences,
+from stn_ablation.reporting.records import (FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, StudyRecords,
+                                           write_file)
+from stn_ablation.reporting.tables import (Table, best_config_table, best_trial_sentence, class_table, comparisons,
+                                        control_sentence, effect_sentence, effects_table, error_table, frozen_sentences,
                                         issues_table, main_table, objective, published_claim_sentence,
                                         robustness_table, sign_sentences, theta_sentence, theta_table,
                                         transformer_effects_table, trials_table)
@@ -54,7 +56,7 @@ def write_report(records: StudyRecords, out: Path | None, fmt: str, only: str | 
         for old in out.glob(pattern):
             old.unlink()
     parts = loaded.per_dataset()
-    tags = {d: f"_{d}" if len(parts) > 1 else "" for d, _ in parts}
+    tags = {d: re.sub(r"[^\w.-]", "_", f"_{d}") if len(parts) > 1 else "" for d, _ in parts}  # own data's path
     pictures = {d: {**figures.write_stn_grids(part, out, tags[d]), **figures.draw(part, out, tags[d])}
                 for d, part in parts}
     if len(parts) > 1 and loaded.phase == "grid":
@@ -217,6 +219,9 @@ def _grid(study: Study, found: list, md: list[str], add: Callable, show: Callabl
                "and nothing was chosen by the test set."))
         show("fig_final")
         show("fig_curves")
+        if (classes := class_table(study)) is not None:
+            add(classes, "Each class's share of its test images classified correctly, from the evaluation that gives "
+                "the final test accuracy.")
     else:
         md += ["No run has finished yet.", ""]
     issues = issues_table(study)
@@ -275,8 +280,9 @@ def _header(study: Study, fmt: str) -> list[str]:
     tags, runs = study.parent_tags, study.runs
     everything = [tags] + [r.tags for r in runs]
     form = f" --format {fmt}" if fmt != "md" else ""
-    command = f"stn-ablate run --study {study.name} && stn-ablate report --study {study.name}{form}"
-    from_records = f"stn-ablate report --study {study.name} --runs reports/{study.name}/{FILE_NAME}{form}"
+    named = tags.get(STUDY_FILE_TAG, study.name)  # what --study named it by
+    command = f"stn-ablate run --study {named} && stn-ablate report --study {named}{form}"
+    from_records = f"stn-ablate report --study {named} --runs reports/{study.name}/{FILE_NAME}{form}"
     # the newest child's end dates the runs: the parent closes again whenever `run` is re-run (say, on a store that
     # imported the runs file)
     ends = [r.end for r in runs if r.end] or [e for e in [study.parent_end] if e]
@@ -320,7 +326,9 @@ def _data_line(study: Study) -> str:
     if not runs:
         return "—"
     names = ", ".join(title(d) for d in study.datasets)
-    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official"})
+    unofficial = sorted({r.tags["data_provenance"] for r in runs} - {"official", OWN_PROVENANCE})
+    if not unofficial and OWN_PROVENANCE in {r.tags["data_provenance"] for r in runs}:
+        return f"{names}: your own data (each run's dataset inputs hold its splits' content digests and source)"
     generated = _generations(runs)
     release = (f"**not the official release** ({'; '.join(unofficial)}): accuracies may not compare with published "
                "ones" if unofficial else "the official release (md5-checked)")

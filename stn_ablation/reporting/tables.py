@@ -292,6 +292,24 @@ def robustness_table(study: Study) -> Table | None:
                  data) if rows else None
 
 
+CLASS_PREFIX = "class_test_acc/"  # a run's test accuracy on one class, by the class's name (tracking/run.py)
+
+
+def class_table(study: Study) -> Table | None:
+    """Each class's mean test accuracy, by name, per variant x augmentation (a column each, as classes may be
+    many); None for runs that logged no per-class accuracy (those from before it was logged)."""
+    classes = sorted({k[len(CLASS_PREFIX):] for r in study.runs for k in r.metrics if k.startswith(CLASS_PREFIX)})
+    cells = study.cells()
+    if not classes or not cells:
+        return None
+    several_augs = len({aug for (_, aug), _ in cells}) > 1
+    columns = [f"{variant} / {aug}" if several_augs else variant for (variant, aug), _ in cells]
+    means = {c: [_mean(runs, CLASS_PREFIX + c) for _, runs in cells] for c in classes}
+    return Table("table_classes", "Test accuracy per class (mean over seeds)", ["class", *columns],
+                 [[c, *map(_pct, means[c])] for c in classes],
+                 [{"class": c, **dict(zip(columns, means[c]))} for c in classes])
+
+
 def trials_table(study: Study) -> Table:
     """A tuning study's trials ranked by `objective`, the value Optuna maximized, with the searched parameters."""
     searched = sorted({k for r in study.runs for k, v in r.params.items() if study.parent_params.get(f"base.{k}") != v})

@@ -15,12 +15,13 @@ from typing import Any
 from stn_ablation.config import GRID_AXES, RobustnessConfig, TrainConfig
 from stn_ablation.errors import ConfigError, UsageError
 from stn_ablation.models.registry import UnknownVariantError, get_variant
+from stn_ablation.plugins import load_plugins
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 METRICS = ("val_acc", "test_acc")
-TOP_KEYS = {"name", "description", "metric", "n_trials", "sampler", "pruner", "grid", "search", "train",
+TOP_KEYS = {"name", "description", "plugins", "metric", "n_trials", "sampler", "pruner", "grid", "search", "train",
             "robustness"}
 
 
@@ -83,6 +84,11 @@ class StudySpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
 
     @property
+    def argument(self) -> str:
+        """What `--study` names it by: a shipped study's name, any other study's file path as it was given."""
+        return self.name if self.path.parent == STUDIES_DIR else str(self.path)
+
+    @property
     def storage_name(self) -> str:
         """The Optuna study name: the study's name plus its digest."""
         return f"{self.name}-{self.digest}"
@@ -142,6 +148,10 @@ def _parse(path: Path, doc: dict[str, Any], sha: str, overrides: dict[str, Any])
     for key in ("name", "description"):
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise fail(key, "required, a non-empty string")
+    plugins = doc.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(m, str) and m for m in plugins):
+        raise fail("plugins", 'a list of module names, e.g. ["my_models"] for my_models.py beside the study file')
+    load_plugins(plugins, path.parent, f"{path}: plugins")  # before any variant name is looked up
     if ("grid" in doc) == ("search" in doc):
         raise fail("grid/search", "a study has exactly one of [grid] (an ablation) or [search] (tuning)")
     n_trials_override = overrides.pop("n_trials", None)

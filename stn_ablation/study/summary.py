@@ -11,7 +11,7 @@ from stn_ablation.errors import UsageError
 from stn_ablation.reporting.records import read_study
 from stn_ablation.reporting.tables import comparisons
 from stn_ablation.study.spec import StudySpec
-from stn_ablation.tracking.tracker import Tracker
+from stn_ablation.tracking.tracker import Tracker, metric_key
 
 
 def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
@@ -28,7 +28,7 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
     for c in comparisons(study):
         if not c.of_transformer:
             continue
-        name = f"stn_effect_pts/{c.dataset + '/' if several else ''}{c.a[0]}/{c.a[1]}"
+        name = metric_key(f"stn_effect_pts/{c.dataset + '/' if several else ''}{c.a[0]}/{c.a[1]}")
         d = c.test.diff
         summary.update({f"{name}/mean": 100 * d.mean, f"{name}/n": float(c.test.n)})
         if d.half_width is not None:

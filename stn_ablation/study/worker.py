@@ -24,7 +24,7 @@ from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.faults import fault_point
 from stn_ablation.models.registry import get_variant
 from stn_ablation.paths import StateFolderError, StateHome
-from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG, last_picture
+from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, last_picture
 from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
 from stn_ablation.study.spec import StudySpec
 from stn_ablation.study.storage import StorageError, open_storage
@@ -306,14 +306,14 @@ class Worker:
         one line, before any trial is created; a study over MNIST sets never needs CIFAR-10."""
         self._splits(self.spec.config(self.spec.cells()[0]))
         for name in self.spec.datasets:  # the first one's load is the cached one _splits just made
-            load_dataset(name, self.data_root)
+            load_dataset(name, self.data_root, image_size=self.spec.base.image_size)
 
     def _splits(self, cfg: TrainConfig) -> DataSplits:
-        """Data on the device, prepared once per process for each (dataset, validation size, subset)."""
-        key = (cfg.dataset, cfg.val_size, cfg.subset)
+        """Data on the device, prepared once per process for each (dataset, image size, validation size, subset)."""
+        key = (cfg.dataset, cfg.image_size, cfg.val_size, cfg.subset)
         if key not in self._data:
             self._data.clear()  # one copy on the device at a time
-            self._data[key] = prepare(load_dataset(cfg.dataset, self.data_root), self.device,
+            self._data[key] = prepare(load_dataset(cfg.dataset, self.data_root, image_size=cfg.image_size), self.device,
                                       val_size=cfg.val_size, subset=cfg.subset)
         return self._data[key]
 
@@ -324,7 +324,8 @@ class Worker:
         run_id = self.tracker.open_run(
             self.experiment, f"study:{spec.storage_name}", spec.storage_name, reuse_finished=True,
             tags={"study": spec.name, "study_digest": spec.digest, "phase": "study", "optuna_study": spec.storage_name,
-                  "study_file_sha256": spec.file_sha256, "mlflow.note.content": spec.description},
+                  "study_file_sha256": spec.file_sha256, "mlflow.note.content": spec.description,
+                  **({STUDY_FILE_TAG: spec.argument} if spec.argument != spec.name else {})},
             params={"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner, "metric": spec.metric,
                     **{f"grid.{k}": ",".join(map(str, v)) for k, v in spec.grid.items()},
                     **{f"base.{k}": v for k, v in spec.base.as_dict().items()}})

@@ -20,7 +20,7 @@ from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.tracking.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
 from stn_ablation.models.registry import build_model, get_variant
-from stn_ablation.tracking.tracker import DatasetRecord, Tracker
+from stn_ablation.tracking.tracker import DatasetRecord, Tracker, metric_key
 from stn_ablation.training.final import final_evaluation
 from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
 
@@ -169,7 +169,9 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
     if result.status == "finished":
         evaluation = final_evaluation(model, cfg, data, robustness, precision)
         tracker.log_dict(run_id, evaluation.per_class_test_acc, "per_class_test_acc.json")
-        tracker.log_metrics_once(run_id, evaluation.metrics)
+        by_class = {f"class_test_acc/{metric_key(c)}": v for c, v in evaluation.per_class_test_acc.items()
+                    if math.isfinite(v)}  # the report's per-class table, by class name (a class without images: NaN)
+        tracker.log_metrics_once(run_id, {**evaluation.metrics, **by_class})
         tracker.log_model(run_id, model, data.test_x[:2])
     tracker.end_run(run_id, result.status, result.reason)
 

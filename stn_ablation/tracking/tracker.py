@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import math
+import re
 import subprocess
 import tempfile
 import urllib.request
@@ -354,6 +355,12 @@ def _batches(metrics: list[Metric], size: int = 1000) -> Iterator[list[Metric]]:
     """`metrics` in slices of MLflow's batch limit."""
     for i in range(0, len(metrics), size):
         yield metrics[i:i + size]
+
+
+def metric_key(text: str) -> str:
+    """`text` as an MLflow metric key, whose characters are letters, digits and `_-. :/`: any other (a derived
+    variant's `+`, a character of a user's class name) becomes `-`."""
+    return re.sub(r"[^\w\-. :/]", "-", text)
 
 
 def _metric_name(field: str) -> str:
