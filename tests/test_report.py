@@ -26,7 +26,7 @@ from stn_ablation.reporting import report, results
 from stn_ablation.config import TrainConfig
 from stn_ablation.errors import UsageError
 from stn_ablation.reporting.records import read_study
-from stn_ablation.reporting.tables import Comparison
+from stn_ablation.reporting.comparisons import Comparison
 from stn_ablation.reporting.stats import holm, paired_t
 from stn_ablation.tracking.tracker import Tracker
 

@@ -2,10 +2,10 @@
 or CSV tables.
 
 Reads run records only (records.py, from MLflow or from a runs file): never trains, never opens Optuna; this
-module assembles the document and writes the files; the tables and the sentences that read them live in
-report_tables.py, the pictures in figures.py. Everything is sorted, so the same runs always give the same bytes; the
-one date in the report is the newest run's end time, not the clock. Nothing that did not finish is dropped without a
-line."""
+module assembles the document and writes the files; the comparisons live in comparisons.py, the tables and the
+sentences that read them in tables.py and sentences.py, the pictures in figures.py. Everything is sorted, so the same
+runs always give the same bytes; the one date in the report is the newest run's end time, not the clock. Nothing
+that did not finish is dropped without a line."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from stn_ablation.errors import UsageError
 from stn_ablation.reporting.published import STN_PAPER_TRAINING, published_error
 from stn_ablation.reporting.records import (FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, StudyRecords,
                                            write_file)
-from stn_ablation.reporting.tables import (Table, best_config_table, best_trial_sentence, class_table, comparisons,
-                                        control_sentence, effect_sentence, effects_table, error_table, frozen_sentences,
-                                        issues_table, main_table, objective, published_claim_sentence,
-                                        robustness_table, sign_sentences, theta_sentence, theta_table,
+from stn_ablation.reporting.comparisons import comparisons
+from stn_ablation.reporting.results import Study, objective
+from stn_ablation.reporting.sentences import (best_trial_sentence, control_sentence, effect_sentence, frozen_sentences,
+                                           published_claim_sentence, sign_sentences, theta_sentence)
+from stn_ablation.reporting.tables import (Table, best_config_table, class_table, effects_table, error_table,
+                                        issues_table, main_table, robustness_table, theta_table,
                                         transformer_effects_table, trials_table)
-from stn_ablation.reporting.results import Study
 from stn_ablation.reporting.stats import ALPHA, UNDERPOWERED
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """A study as its report sees it: the `Run`s and the `Study` built from run records (records.py reads them from
 MLflow or from a runs file: never Optuna, never the checkpoints). Kept apart from report.py, which writes the files,
-so that the tables (report_tables.py), the pictures (figures.py) and the study's summary metrics (study.py) share
+so that the tables (tables.py), the pictures (figures.py) and the study's summary metrics (study/summary.py) share
 one model of a study without importing the report or each other."""
 
 from __future__ import annotations
@@ -188,3 +188,9 @@ def _models(variant: str, transforms: list[str], runs: list[Run]) -> list[str]:
 def _ordered(seen: set[str], preferred: Sequence[str]) -> list[str]:
     """`preferred` (the study file's order) first, then anything else seen, sorted."""
     return list(dict.fromkeys(preferred)) + sorted(seen - set(preferred))
+
+
+def objective(run: Run) -> float | None:
+    """What a tuning study maximizes and its report ranks by: validation accuracy after the run's last epoch."""
+    history = run.history.get("val_acc", {})
+    return run.metrics.get("final_val_acc", history[max(history)] if history else None)

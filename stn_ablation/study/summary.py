@@ -9,7 +9,7 @@ import optuna
 
 from stn_ablation.errors import UsageError
 from stn_ablation.reporting.records import read_study
-from stn_ablation.reporting.tables import comparisons
+from stn_ablation.reporting.comparisons import comparisons
 from stn_ablation.study.spec import StudySpec
 from stn_ablation.tracking.tracker import Tracker, metric_key
 
