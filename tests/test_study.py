@@ -17,6 +17,7 @@ from stn_ablation.paths import StateHome
 from stn_ablation.reporting.records import read_study
 from stn_ablation.study.worker import cell_key, cell_label
 from stn_ablation.study.spec import StudyFileError, list_studies, load_spec
+from stn_ablation.study.storage import open_storage
 from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
@@ -371,3 +372,33 @@ def test_a_frozen_control_trains_behind_the_stns_mean_learned_transform(data_roo
     spec = controls[0].data.params["frozen"]
     assert f"- **tutorial_cnn+frozen, no augmentation**: `{spec}`, the mean learned scale and shift of 2" in readme
     assert "| tutorial_cnn+frozen | none | 2 | 1.0" not in readme  # no row in the learned-transform table
+
+
+def test_a_study_queued_by_the_previous_version_still_runs_and_keeps_the_seed_out_of_its_parameters(
+        data_root, tmp_path, capsys):
+    """Trials of a grid study used to carry the seed as a parameter, so optuna-dashboard's importance ranked it
+    beside the variant; now it is a user attribute. A store whose cells the previous version queued, one of them
+    claimed by a worker since killed, is finished by this one: every cell once, the seed in no new trial's
+    parameters."""
+    home = tmp_path / "home"
+    study = shrunk_study(tmp_path, images=0)
+    spec = load_spec(str(study), epochs=1, subset=256)
+    storage, _ = open_storage(None, StateHome.resolve(home), spec.storage_name)
+    old = optuna.create_study(study_name=spec.storage_name, storage=storage, direction="maximize")
+    for cell in spec.cells():  # what the previous version queued: the whole cell, seed included, as parameters
+        old.enqueue_trial(cell, user_attrs={"cell": cell_key(cell)})
+    killed = old.ask()
+    for axis, value in spec.cells()[0].items():
+        killed.suggest_categorical(axis, spec.grid[axis])
+    killed.set_user_attr("owner", f"{os.uname().nodename}:999999999:0")  # a worker that is gone
+
+    args = ["run", "--study", str(study), "--home", str(home), "--epochs", "1", "--subset", "256", "--device", "cpu"]
+    assert main(args) == 0
+    assert "8 finished" in capsys.readouterr().out
+    trials = study_trials(home, spec)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["cell"] for t in done) == sorted(cell_key(c) for c in spec.cells())
+    assert [t.state for t in trials if t.number == killed.number] == [optuna.trial.TrialState.FAIL]
+    for t in done:  # queued by either version, no finished trial has the seed among the parameters it ranks
+        assert "seed" not in t.params and f"seed={t.user_attrs['seed']}" in t.user_attrs["cell"]
+    assert len(child_runs(home, "quick")[1]) == 8
