@@ -18,7 +18,7 @@ from stn_ablation.reporting.records import read_study
 from stn_ablation.study.worker import cell_key, cell_label
 from stn_ablation.study.spec import StudyFileError, list_studies, load_spec
 from stn_ablation.study.storage import open_storage
-from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
+from tests.studyutil import child_runs, cli, quick_grid, shrunk_study, steps, study_trials
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
 
@@ -381,8 +381,8 @@ def test_a_study_queued_by_the_previous_version_still_runs_and_keeps_the_seed_ou
     claimed by a worker since killed, is finished by this one: every cell once, the seed in no new trial's
     parameters."""
     home = tmp_path / "home"
-    study = shrunk_study(tmp_path, images=0)
-    spec = load_spec(str(study), epochs=1, subset=256)
+    study = quick_grid(tmp_path / "quick.toml", "quick", "the quick grid, queued by the previous version")
+    spec = load_spec(str(study), epochs=1)
     storage, _ = open_storage(None, StateHome.resolve(home), spec.storage_name)
     old = optuna.create_study(study_name=spec.storage_name, storage=storage, direction="maximize")
     for cell in spec.cells():  # what the previous version queued: the whole cell, seed included, as parameters
@@ -392,7 +392,7 @@ def test_a_study_queued_by_the_previous_version_still_runs_and_keeps_the_seed_ou
         killed.suggest_categorical(axis, spec.grid[axis])
     killed.set_user_attr("owner", f"{os.uname().nodename}:999999999:0")  # a worker that is gone
 
-    args = ["run", "--study", str(study), "--home", str(home), "--epochs", "1", "--subset", "256", "--device", "cpu"]
+    args = ["run", "--study", str(study), "--home", str(home), "--epochs", "1", "--device", "cpu"]
     assert main(args) == 0
     assert "8 finished" in capsys.readouterr().out
     trials = study_trials(home, spec)
