@@ -54,11 +54,11 @@ class TrackingError(UsageError):
 
 class Tracker:
     """A handle on one MLflow tracking store (sqlite file or server) and where its artifacts go: `artifact_root`
-    for a sqlite store; a server keeps them itself, so that every worker and the UI read them through it."""
+    for a database; a server keeps them itself, so that every worker and the UI read them through it."""
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None, patience: float = SERVER_PATIENCE):
         self.uri = tracking_uri
-        self.artifact_root = artifact_root if tracking_uri.startswith("sqlite:") else None
+        self.artifact_root = None if tracking_uri.startswith(("http://", "https://")) else artifact_root
         try:
             if tracking_uri.startswith("sqlite:///"):  # a new sqlite store creates its tables: one worker at a time
                 database = Path(tracking_uri.removeprefix("sqlite:///"))
