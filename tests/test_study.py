@@ -139,7 +139,7 @@ def test_a_transform_grid_has_a_cell_per_family_and_one_for_the_twin(tmp_path):
                                                                      for s in (0, 1)]
     assert len({cell_key(c) for c in cells}) == len({spec.config(c).digest() for c in cells}) == len(cells)
     assert [cell_label(spec.config(c)) for c in (cells[2], cells[-1])] == [
-        ("tutorial_stn", "projective", "none", "s0"), ("tutorial_cnn", "none", "s1")]
+        ("tutorial_stn", "s0", "none", "projective"), ("tutorial_cnn", "s1", "none")]  # variant, seed, aug first
     assert load_spec(str(path), n_trials=7).cells() == cells[:7]
 
 
