@@ -151,12 +151,12 @@ def test_a_transform_grid_runs_each_family_and_the_twin_once(data_root, tmp_path
         '[robustness]\nimages = 0\n')
     _, children = child_runs(tmp_path / "home", "families")
     named = {r.info.run_name: r for r in children}
-    assert sorted(named) == ["tutorial_cnn-none-s0", "tutorial_stn-projective-none-s0", "tutorial_stn-tps-none-s0"]
-    assert named["tutorial_stn-tps-none-s0"].data.params["transform"] == "tps"
-    assert "transform" not in named["tutorial_cnn-none-s0"].data.params
+    assert sorted(named) == ["tutorial_cnn-s0-none", "tutorial_stn-s0-none-projective", "tutorial_stn-s0-none-tps"]
+    assert named["tutorial_stn-s0-none-tps"].data.params["transform"] == "tps"
+    assert "transform" not in named["tutorial_cnn-s0-none"].data.params
     assert all(r.data.tags["status"] == "finished" for r in children)
-    assert "theta/displacement_mean" in named["tutorial_stn-tps-none-s0"].data.metrics
-    assert "theta/px_mean" in named["tutorial_stn-projective-none-s0"].data.metrics
+    assert "theta/displacement_mean" in named["tutorial_stn-s0-none-tps"].data.metrics
+    assert "theta/px_mean" in named["tutorial_stn-s0-none-projective"].data.metrics
 
 
 def test_invalid_toml_names_the_line(tmp_path):
@@ -325,10 +325,10 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     assert "8 finished" in out and requested == {"mnist", "mnist_r"}  # never the default dataset, CIFAR-10
     _, children = child_runs(home, "two_sets")
     by_name = {r.info.run_name: r for r in children}
-    assert sorted(by_name) == sorted(f"{d}-{v}-none-s{s}" for d in ("mnist", "mnist_r")
-                                     for v in ("tutorial_stn-affine", "tutorial_cnn") for s in (0, 1))
+    assert sorted(by_name) == sorted(f"{v}-s{s}-none{t}-{d}" for d in ("mnist", "mnist_r")
+                                     for v, t in (("tutorial_stn", "-affine"), ("tutorial_cnn", "")) for s in (0, 1))
     for name, run in by_name.items():
-        dataset = name.split("-")[0]
+        dataset = name.split("-")[-1]
         assert run.data.tags["dataset"] == run.data.params["dataset"] == dataset
         assert ("data_generation_seed" in run.data.tags) == (dataset == "mnist_r")
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
