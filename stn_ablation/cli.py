@@ -42,6 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--home", help="state folder (MLflow store, Optuna storage, checkpoints); "
                                        "default $STN_ABLATE_HOME or ./.stn-ablate")
     common.add_argument("--tracking-uri", help="MLflow tracking URI; default: sqlite store in the state folder")
+    common.add_argument("--server-patience", type=float, default=600.0, metavar="SECONDS",
+                        help="how long a call to an MLflow tracking server waits out an outage, retrying, before the "
+                             "worker stops in one line (its trial resumes on the next run); default 600")
 
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--epochs", type=int, help="epochs per run (default 50)")
@@ -182,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     device = select_device(args.device)  # a bad or absent device fails here, before any worker starts
     if args.workers > 1:
         _run_workers(args.argv, worker_devices(args.device, args.workers, args.share_gpus))
-    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
+    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root, args.server_patience)
     worker = Worker(spec, home, tracker, device, data_root=args.data_root, storage_url=args.storage,
                     precision=args.precision, deterministic=args.deterministic)
     study = worker.run()
@@ -249,7 +252,7 @@ def _tracker(args: argparse.Namespace):
     from stn_ablation.tracking.tracker import Tracker
 
     home = StateHome.resolve(args.home)
-    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
+    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root, args.server_patience)
     tracker.check()
     return tracker
 
@@ -268,6 +271,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     import subprocess
 
     from stn_ablation.paths import StateHome
+    from stn_ablation.tracking.server import server_command
     from stn_ablation.tracking.tracker import Tracker
 
     home = StateHome.resolve(args.home)
@@ -280,12 +284,18 @@ def cmd_ui(args: argparse.Namespace) -> None:
         if found is None:
             raise UsageError(f"no runs of study {args.study!r} in {uri} yet; run `stn-ablate run --study "
                              f"{args.study}` first")
-        url += f"/#/experiments/{found.experiment_id}"
+        url += ui_path(found.experiment_id)
     print(f"MLflow UI for {uri}: {url}  (Ctrl-C stops it)", flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--default-artifact-root", home.artifact_root.as_uri(), "--host", "127.0.0.1",
-                               "--port", str(args.port)], start_new_session=True)
+    command, env = server_command("--backend-store-uri", uri, "--default-artifact-root", home.artifact_root.as_uri(),
+                                  "--host", "127.0.0.1", "--port", str(args.port))
+    server = subprocess.Popen(command, env=env, start_new_session=True)
     _stop_group_on_exit(server)
+
+
+def ui_path(experiment_id: str) -> str:
+    """The UI's page of an experiment's runs table. MLflow 3.17 ignores the experiment-kind tag and opens a bare
+    experiment URL on its GenAI overview; the runs view and the workflow type in the URL skip it."""
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _stop_group_on_exit(server) -> None:
@@ -339,12 +349,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     device = select_device(args.device)
     data = prepare(load_dataset(cfg.dataset, args.data_root, image_size=cfg.image_size), device,
                    val_size=cfg.val_size, subset=cfg.subset)
-    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root)
+    tracker = Tracker(args.tracking_uri or home.tracking_uri, home.artifact_root, args.server_patience)
     tracker.check()
     experiment = tracker.experiment("train")
     key = f"train-{cfg.digest()}"
     checkpoint = home.checkpoint(key)
-    run = TrackedRun(cfg, experiment, key, run_name=f"{cfg.variant}-{cfg.aug}-s{cfg.seed}", checkpoint=checkpoint,
+    run = TrackedRun(cfg, experiment, key, run_name=f"{cfg.variant}-s{cfg.seed}-{cfg.aug}", checkpoint=checkpoint,
                      precision=args.precision, deterministic=args.deterministic)
     run_id, result = run_tracked(run, data, device, tracker)
     checkpoint.unlink(missing_ok=True)  # the run is complete in MLflow; the same command trains afresh

@@ -24,6 +24,16 @@ def shrunk_study(tmp_path: Path, name: str = "quick", images: int = 100) -> Path
     return path
 
 
+def quick_grid(path: Path, name: str, description: str, robustness_images: int = 0) -> Path:
+    """A study file at `path`: the quick study's 8 cells at 2 epochs on 256 images with a 500-image validation
+    split, a few seconds a trial, and robustness sweeps on `robustness_images` test images."""
+    path.write_text(f'name = "{name}"\ndescription = "{description}"\n[grid]\n'
+                    'variant = ["tutorial_stn", "tutorial_cnn"]\naug = ["none", "standard"]\nseed = [0, 1]\n'
+                    '[train]\nepochs = 2\nsubset = 256\nval_size = 500\n'
+                    f'[robustness]\nimages = {robustness_images}\n')
+    return path
+
+
 def cli(home: Path, *args: str, wait: bool = True, **env: str):
     """`stn-ablate ARGS` as a separate process with the state folder `home`."""
     full_env = {**os.environ, "STN_ABLATE_HOME": str(home), **env}

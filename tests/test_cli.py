@@ -8,7 +8,9 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pytorch
 import pytest
 from mlflow.tracking import MlflowClient
@@ -130,10 +132,16 @@ def test_train_run_artifacts(trained, mlflow_run, tmp_path):
     client, run = mlflow_run
     run_id = run.info.run_id
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.json", "per_class_test_acc.json", "model", "stn"} <= top
-    assert {"model/MLmodel", "model/data", "model/input_example.json"} <= {
-        a.path for a in client.list_artifacts(run_id, "model")}
+    assert {"config.json", "per_class_test_acc.json", "stn"} <= top
     assert {a.path for a in client.list_artifacts(run_id, "stn")} == {"stn/epoch_001.png"}
+    [output] = run.outputs.model_outputs  # the model is the run's MLflow 3 logged model, with its final metrics
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == "model" and logged.source_run_id == run_id
+    assert {m.key: m.value for m in logged.metrics}["final_test_acc"] == run.data.metrics["final_test_acc"]
+    model_dir = Path(mlflow.artifacts.download_artifacts(logged.artifact_location, dst_path=str(tmp_path / "model"),
+                                                         tracking_uri=client.tracking_uri))
+    assert {"MLmodel", "data", "input_example.json"} <= {p.name for p in model_dir.iterdir()}
+    assert "stn-ablate" not in (model_dir / "requirements.txt").read_text()  # torch alone loads it
 
     folder = tmp_path / "artifacts"
     folder.mkdir()
@@ -142,7 +150,7 @@ def test_train_run_artifacts(trained, mlflow_run, tmp_path):
     per_class = json.loads(open(f"{local}/per_class_test_acc.json").read())
     assert len(per_class) == 10 and "airplane" in per_class
     assert all(0 <= v <= 1 for v in per_class.values())
-    model = mlflow.pytorch.load_model(f"{local}/model")  # an MLflow PyTorch model with the trained weights
+    model = mlflow.pytorch.load_model(str(model_dir))  # an MLflow PyTorch model with the trained weights
     create_model("tutorial_stn").load_state_dict(model.state_dict())
     assert open(f"{local}/stn/epoch_001.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -12,21 +12,7 @@ from mlflow.tracking import MlflowClient
 from stn_ablation.checkpoint import load_checkpoint
 from stn_ablation.faults import FAULT_ENV
 from stn_ablation.study.spec import load_spec
-from tests.studyutil import child_runs, cli, steps, study_trials
-
-STUDY = '''name = "faults"
-description = "the quick grid, shrunk for fault injection"
-[grid]
-variant = ["tutorial_stn", "tutorial_cnn"]
-aug = ["none", "standard"]
-seed = [0, 1]
-[train]
-epochs = 2
-subset = 256
-val_size = 500
-[robustness]
-images = 0
-'''
+from tests.studyutil import child_runs, cli, quick_grid, steps, study_trials
 
 # (point, occurrence): 256 images at batch 128 are 2 steps an epoch, 4 a trial; a trial writes a checkpoint an epoch,
 # so the second checkpoint write is torn while the trial's first checkpoint is on disk
@@ -40,8 +26,7 @@ def _final_accuracies(home) -> dict[str, float]:
 
 
 def test_kill_at_seven_moments_loses_nothing(data_root, tmp_path):
-    study = tmp_path / "faults.toml"
-    study.write_text(STUDY)
+    study = quick_grid(tmp_path / "faults.toml", "faults", "the quick grid, shrunk for fault injection")
     args = ["run", "--study", str(study), "--device", "cpu"]
 
     reference = tmp_path / "reference"

@@ -68,15 +68,24 @@ def test_every_run_names_its_datasets(quick, small_cifar):
 
 
 def test_logged_model_loads_and_reproduces_the_logged_test_accuracy(quick, cifar_raw, monkeypatch):
+    """The logged model is a torch.export program of the trained weights (fp32, eval mode): its weights in the
+    suite's module reproduce the run's test accuracy under the run's autocast exactly, and the program computes in
+    fp32 what that module computes."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", quick["client"].tracking_uri)
     data = prepare(cifar_raw, CPU, val_size=5000, subset=SUBSET)
     for run in quick["children"][:2]:
-        model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+        logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+        cfg = TrainConfig().with_overrides(**json.loads(Path(quick["client"].download_artifacts(
+            run.info.run_id, "config.json")).read_text()))
+        model = build_model(cfg, data.in_shape, data.num_classes)
+        model.load_state_dict(logged.state_dict())
         amp = AUTOCAST_DTYPES[precision_flag(run.data.tags["precision"])]
         test = score(model, data.test_x, data.test_y, data.num_classes, 256, amp)
         assert test.accuracy == run.data.metrics["final_test_acc"]
         assert run.data.metrics["final_test_acc"] == quick["client"].get_metric_history(
             run.info.run_id, "test_acc")[-1].value
+        with torch.no_grad():
+            assert torch.allclose(logged(data.test_x[:64]), model.eval()(data.test_x[:64]), atol=1e-5)
 
 
 def test_per_class_accuracy_and_final_accuracy_are_one_computation(quick):

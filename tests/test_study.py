@@ -17,7 +17,8 @@ from stn_ablation.paths import StateHome
 from stn_ablation.reporting.records import read_study
 from stn_ablation.study.worker import cell_key, cell_label
 from stn_ablation.study.spec import StudyFileError, list_studies, load_spec
-from tests.studyutil import child_runs, cli, shrunk_study, steps, study_trials
+from stn_ablation.study.storage import open_storage
+from tests.studyutil import child_runs, cli, quick_grid, shrunk_study, steps, study_trials
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "images_per_s")
 
@@ -138,7 +139,7 @@ def test_a_transform_grid_has_a_cell_per_family_and_one_for_the_twin(tmp_path):
                                                                      for s in (0, 1)]
     assert len({cell_key(c) for c in cells}) == len({spec.config(c).digest() for c in cells}) == len(cells)
     assert [cell_label(spec.config(c)) for c in (cells[2], cells[-1])] == [
-        ("tutorial_stn", "projective", "none", "s0"), ("tutorial_cnn", "none", "s1")]
+        ("tutorial_stn", "s0", "none", "projective"), ("tutorial_cnn", "s1", "none")]  # variant, seed, aug first
     assert load_spec(str(path), n_trials=7).cells() == cells[:7]
 
 
@@ -150,12 +151,12 @@ def test_a_transform_grid_runs_each_family_and_the_twin_once(data_root, tmp_path
         '[robustness]\nimages = 0\n')
     _, children = child_runs(tmp_path / "home", "families")
     named = {r.info.run_name: r for r in children}
-    assert sorted(named) == ["tutorial_cnn-none-s0", "tutorial_stn-projective-none-s0", "tutorial_stn-tps-none-s0"]
-    assert named["tutorial_stn-tps-none-s0"].data.params["transform"] == "tps"
-    assert "transform" not in named["tutorial_cnn-none-s0"].data.params
+    assert sorted(named) == ["tutorial_cnn-s0-none", "tutorial_stn-s0-none-projective", "tutorial_stn-s0-none-tps"]
+    assert named["tutorial_stn-s0-none-tps"].data.params["transform"] == "tps"
+    assert "transform" not in named["tutorial_cnn-s0-none"].data.params
     assert all(r.data.tags["status"] == "finished" for r in children)
-    assert "theta/displacement_mean" in named["tutorial_stn-tps-none-s0"].data.metrics
-    assert "theta/px_mean" in named["tutorial_stn-projective-none-s0"].data.metrics
+    assert "theta/displacement_mean" in named["tutorial_stn-s0-none-tps"].data.metrics
+    assert "theta/px_mean" in named["tutorial_stn-s0-none-projective"].data.metrics
 
 
 def test_invalid_toml_names_the_line(tmp_path):
@@ -324,10 +325,10 @@ def test_a_study_over_two_datasets_runs_each_cell_on_its_own_data(data_root, mni
     assert "8 finished" in out and requested == {"mnist", "mnist_r"}  # never the default dataset, CIFAR-10
     _, children = child_runs(home, "two_sets")
     by_name = {r.info.run_name: r for r in children}
-    assert sorted(by_name) == sorted(f"{d}-{v}-none-s{s}" for d in ("mnist", "mnist_r")
-                                     for v in ("tutorial_stn-affine", "tutorial_cnn") for s in (0, 1))
+    assert sorted(by_name) == sorted(f"{v}-s{s}-none{t}-{d}" for d in ("mnist", "mnist_r")
+                                     for v, t in (("tutorial_stn", "-affine"), ("tutorial_cnn", "")) for s in (0, 1))
     for name, run in by_name.items():
-        dataset = name.split("-")[0]
+        dataset = name.split("-")[-1]
         assert run.data.tags["dataset"] == run.data.params["dataset"] == dataset
         assert ("data_generation_seed" in run.data.tags) == (dataset == "mnist_r")
     tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
@@ -371,3 +372,33 @@ def test_a_frozen_control_trains_behind_the_stns_mean_learned_transform(data_roo
     spec = controls[0].data.params["frozen"]
     assert f"- **tutorial_cnn+frozen, no augmentation**: `{spec}`, the mean learned scale and shift of 2" in readme
     assert "| tutorial_cnn+frozen | none | 2 | 1.0" not in readme  # no row in the learned-transform table
+
+
+def test_a_study_queued_by_the_previous_version_still_runs_and_keeps_the_seed_out_of_its_parameters(
+        data_root, tmp_path, capsys):
+    """Trials of a grid study used to carry the seed as a parameter, so optuna-dashboard's importance ranked it
+    beside the variant; now it is a user attribute. A store whose cells the previous version queued, one of them
+    claimed by a worker since killed, is finished by this one: every cell once, the seed in no new trial's
+    parameters."""
+    home = tmp_path / "home"
+    study = quick_grid(tmp_path / "quick.toml", "quick", "the quick grid, queued by the previous version")
+    spec = load_spec(str(study), epochs=1)
+    storage, _ = open_storage(None, StateHome.resolve(home), spec.storage_name)
+    old = optuna.create_study(study_name=spec.storage_name, storage=storage, direction="maximize")
+    for cell in spec.cells():  # what the previous version queued: the whole cell, seed included, as parameters
+        old.enqueue_trial(cell, user_attrs={"cell": cell_key(cell)})
+    killed = old.ask()
+    for axis, value in spec.cells()[0].items():
+        killed.suggest_categorical(axis, spec.grid[axis])
+    killed.set_user_attr("owner", f"{os.uname().nodename}:999999999:0")  # a worker that is gone
+
+    args = ["run", "--study", str(study), "--home", str(home), "--epochs", "1", "--device", "cpu"]
+    assert main(args) == 0
+    assert "8 finished" in capsys.readouterr().out
+    trials = study_trials(home, spec)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["cell"] for t in done) == sorted(cell_key(c) for c in spec.cells())
+    assert [t.state for t in trials if t.number == killed.number] == [optuna.trial.TrialState.FAIL]
+    for t in done:  # queued by either version, no finished trial has the seed among the parameters it ranks
+        assert "seed" not in t.params and f"seed={t.user_attrs['seed']}" in t.user_attrs["cell"]
+    assert len(child_runs(home, "quick")[1]) == 8

@@ -1,8 +1,11 @@
-"""`stn-ablate ui` as a user meets it: the printed URL opens a model-training experiment, and stopping `ui` stops
-the MLflow server and every worker it started."""
+"""`stn-ablate ui` as a user meets it: the printed URL opens the experiment's runs table, the server behind it is
+the light one, and stopping `ui` stops the MLflow server and every process it started."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,13 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from stn_ablation.tracking.server import free_port
 from stn_ablation.tracking.tracker import KIND, Tracker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sessions() -> dict[int, int]:
@@ -49,21 +47,40 @@ def test_experiments_open_as_model_training_and_keep_artifacts_in_the_state_fold
     assert default.artifact_location.startswith((home / "mlartifacts").as_uri())
 
 
-def test_sigterm_stops_the_ui_and_its_server_processes(tmp_path):
-    port = _free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "stn_ablation.cli", "ui", "--home", str(tmp_path / "home"),
-                           "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _resident_mb(pids: list[int]) -> float:
+    pages = sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in pids)
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_the_printed_url_lands_on_the_runs_table_of_a_light_server_that_sigterm_stops(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    experiment = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts").experiment("quick", "a study")
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "stn_ablation.cli", "ui", "--home", str(home), "--port", str(port),
+                           "--study", "quick"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = re.search(r"(http://\S+)", ui.stdout.readline()).group(1)
+    base = f"http://127.0.0.1:{port}"
+    assert url == f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
     deadline = time.time() + 180
     while True:
         assert ui.poll() is None, ui.stdout.read()
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            urllib.request.urlopen(f"{base}/health", timeout=2).close()
             break
         except OSError:
             assert time.time() < deadline, "the MLflow UI did not answer within 180 s"
             time.sleep(0.5)
+    with urllib.request.urlopen(url.split("#")[0], timeout=30) as page:  # the fragment is the UI's own route
+        assert page.status == 200 and "<html" in page.read().decode().lower()
+    with urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment}",
+                                timeout=30) as answer:  # what the runs table asks for first
+        assert json.load(answer)["experiment"]["name"] == "quick"
     server_sessions = {sid for pid, sid in _sessions().items() if _parent(pid) == ui.pid}
     assert server_sessions and ui.pid not in server_sessions  # the server runs in its own session
+    server = [pid for pid, sid in _sessions().items() if sid in server_sessions]
+    print(f"UI server: {len(server)} processes, {_resident_mb(server):.0f} MB resident")
+    assert len(server) <= 2, "one mlflow process and one web worker: no job-queue consumers, no worker pool"
 
     ui.send_signal(signal.SIGTERM)
     assert ui.wait(timeout=60) == 0

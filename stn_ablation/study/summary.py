@@ -30,7 +30,13 @@ def study_summary(tracker: Tracker, spec: StudySpec, trials: list[optuna.trial.F
             continue
         name = metric_key(f"stn_effect_pts/{c.dataset + '/' if several else ''}{c.a[0]}/{c.a[1]}")
         d = c.test.diff
-        summary.update({f"{name}/mean": 100 * d.mean, f"{name}/n": float(c.test.n)})
+        summary.update({f"{name}/mean": _points(d.mean), f"{name}/n": float(c.test.n)})
         if d.half_width is not None:
-            summary.update({f"{name}/ci_low": 100 * d.low, f"{name}/ci_high": 100 * d.high})
+            summary.update({f"{name}/ci_low": _points(d.low), f"{name}/ci_high": _points(d.high)})
     return {k: v for k, v in summary.items() if math.isfinite(v)}
+
+
+def _points(fraction: float) -> float:
+    """A difference of accuracies in points, rounded to 1e-6: accuracies are exact counts over at most a few ten
+    thousand images, so the digits beyond are float noise (-0.10499999999999954 reads -0.105)."""
+    return round(100 * fraction, 6)

@@ -22,7 +22,7 @@ from stn_ablation.config import FROZEN_LEARNED, TrainConfig
 from stn_ablation.data.datasets import DataError, DataSplits, load_dataset, prepare
 from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.faults import fault_point
-from stn_ablation.models.registry import get_variant
+from stn_ablation.models.registry import build_model, get_variant
 from stn_ablation.paths import StateFolderError, StateHome
 from stn_ablation.reporting.records import IMPORTED_TAG, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, last_picture
 from stn_ablation.study.owners import Heartbeat, owner_alive, this_owner
@@ -31,13 +31,14 @@ from stn_ablation.study.storage import StorageError, open_storage
 from stn_ablation.study.summary import study_summary
 from stn_ablation.tracking.identity import IDENTITY_TAG, run_identity
 from stn_ablation.tracking.run import ROBUSTNESS_TAG, TrackedRun, robustness_tag, run_tracked
-from stn_ablation.tracking.tracker import KEY_TAG, PARENT_TAG, Tracker
+from stn_ablation.tracking.tracker import KEY_TAG, PARENT_TAG, Tracker, TrackingError
 from stn_ablation.training.final import robustness_sweeps
 from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult
 
 log = logging.getLogger(__name__)
 
 RESULT_STATUSES = ("finished", "diverged", "pruned")  # a cell with one of these is done; "failed" is re-run
+REPLICATE = "seed"  # a grid's replicate axis: a trial's user attribute, not a parameter Optuna's importance ranks
 
 
 @dataclass
@@ -79,13 +80,17 @@ class Worker:
                 sampler=_sampler(spec, 0), pruner=_pruner(spec))
             self.study_id = self.storage.get_study_id_from_name(spec.storage_name)
             self.study.set_metric_names([spec.metric])
-            self.experiment = self.tracker.experiment(spec.name)
+            self.experiment = self.tracker.experiment(spec.name, spec.description)
             self.parent = self._open_parent()
             self.study.set_user_attr("mlflow_experiment_id", self.experiment)
             self.study.set_user_attr("mlflow_parent_run_id", self.parent)
             self.study.set_user_attr("mlflow_tracking_uri", self.tracker.uri)
         while (claimed := self._claim()) is not None:
-            self._run_trial(*claimed)
+            try:
+                self._run_trial(*claimed)
+            except Exception as e:  # a trial this worker stops on is failed, not left running (kill leaves it)
+                self._fail_if_running(claimed[0], e)
+                raise
             fault_point("between_trials")
         self._close_parent()
         return self.study
@@ -108,7 +113,8 @@ class Worker:
                 for cell in self.spec.cells():
                     key = cell_key(cell)
                     if key not in busy and key not in self._failed_here:
-                        self.study.enqueue_trial(cell, user_attrs={"cell": key})
+                        self.study.enqueue_trial({k: v for k, v in cell.items() if k != REPLICATE},
+                                                 user_attrs={"cell": key})
                         has_waiting = True
             else:
                 counted = [t for t in trials if t.state != TrialState.FAIL
@@ -192,14 +198,23 @@ class Worker:
             except Exception as e:
                 self._failed_here.add(cell)
                 self._end(trial, TrialState.FAIL, "failed", f"{type(e).__name__}: {e}", None)
-                log.error("trial %d (%s) failed: %s: %s", trial.number, cell, type(e).__name__, e)
-                if isinstance(e, (CheckpointError, StateFolderError, DataError)):
+                if isinstance(e, (CheckpointError, StateFolderError, DataError, TrackingError)):
                     raise  # the next trial would fail the same way: stop with the one-line error
+                log.error("trial %d (%s) failed: %s: %s", trial.number, cell, type(e).__name__, e)
                 return
         value = _value(result, spec.metric)
         state = TrialState.COMPLETE if result.status == "finished" and value is not None else TrialState.FAIL
         self._end(trial, state, result.status, result.reason, value, test_acc=result.test_acc)
         checkpoint.unlink(missing_ok=True)
+
+    def _fail_if_running(self, trial: optuna.Trial, error: Exception) -> None:
+        """End `trial` as failed with `error` as its reason, unless it has ended already or the storage is gone
+        too: the worker stops, and the next run queues the cell again."""
+        try:
+            if self.storage.get_trial(self._id_of(trial.number)).state == TrialState.RUNNING:
+                self._end(trial, TrialState.FAIL, "failed", f"{type(error).__name__}: {error}", None)
+        except Exception:  # the storage's own outage: the next run's orphan check fails the trial
+            log.warning("trial %d left running: the Optuna storage is unreachable too", trial.number)
 
     def _learned_transform(self, cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]] | None:
         """A frozen control's "learned" transform, resolved before training so that its run records the numbers:
@@ -258,9 +273,11 @@ class Worker:
         sweeps_tag = robustness_tag(run.robustness)
         sweeps = {}
         if record["tags"].get(ROBUSTNESS_TAG) != sweeps_tag:
-            model = self.tracker.load_model(source.info.run_id)
-            if model is None:
+            logged = self.tracker.load_model(source.info.run_id)
+            if logged is None:
                 return None
+            model = build_model(run.cfg, data.in_shape, data.num_classes)  # the trainer's module, whatever form
+            model.load_state_dict(logged.state_dict())  # the model was logged in (an exported program or pickled)
             sweeps = robustness_sweeps(model.to(self.device), run.cfg, data, run.robustness, self.precision)
             for values in (record["metrics"], record["history"]):
                 for key in [k for k in values if k.startswith("robust/")]:
@@ -288,9 +305,15 @@ class Worker:
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
     def _suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        if self.spec.grid:  # the cell's own axes: a variant without a transformer has no transform
+        if self.spec.grid:  # the cell's own axes (a variant without a transformer has no transform); its seed is
+            # the cell's, never suggested (trials queued by older versions have it as a parameter too)
             cell = next(c for c in self.spec.cells() if cell_key(c) == trial.user_attrs["cell"])
-            return {axis: trial.suggest_categorical(axis, self.spec.grid[axis]) for axis in cell}
+            for axis, value in cell.items():
+                if axis == REPLICATE:
+                    trial.set_user_attr(axis, value)
+                else:
+                    trial.suggest_categorical(axis, self.spec.grid[axis])
+            return dict(cell)
         params = {}
         for p in self.spec.search:
             if p.kind == "float":
@@ -356,10 +379,11 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 
 def cell_label(cfg: TrainConfig, dataset: bool = False) -> tuple[str, ...]:
-    """What names a trial for a reader: its dataset when the study varies it, variant, its transform family if it has
-    a transformer, augmentation and seed (e.g. tutorial_stn, affine, none, s0), as the report names its cells."""
+    """What names a trial for a reader: variant, seed, augmentation, then its transform family if it has a
+    transformer and its dataset when the study varies it (e.g. tutorial_stn, s0, none, affine). The cell reads in
+    the first 20 characters, where MLflow's runs table cuts a run's name."""
     transform = (cfg.transform,) if get_variant(cfg.variant).has_transformer else ()
-    return (*((cfg.dataset,) if dataset else ()), cfg.variant, *transform, cfg.aug, f"s{cfg.seed}")
+    return (cfg.variant, f"s{cfg.seed}", cfg.aug, *transform, *((cfg.dataset,) if dataset else ()))
 
 
 def summarize(study: optuna.Study, spec: StudySpec) -> str:

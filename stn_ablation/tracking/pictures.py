@@ -27,8 +27,12 @@ def stn_grid(model: nn.Module, data: DataSplits, n: int = 16, title: str = "") -
         r, c = 2 * (i // cols), i % cols
         for row, img in ((r, before[i]), (r + 1, after[i])):
             axes[row][c].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
-    for ax in axes.flat:
-        ax.set_axis_off()
+    for ax in axes.flat:  # no frame or ticks; the first column keeps its row label
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for row in range(rows):
+        axes[row][0].set_ylabel("input" if row % 2 == 0 else "transformed", fontsize=8)
     fig.suptitle(title or "input (upper row) / transformed (lower row)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -20,7 +20,7 @@ from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import autocast_dtype, precision_name
 from stn_ablation.tracking.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
 from stn_ablation.models.registry import build_model, get_variant
-from stn_ablation.tracking.tracker import DatasetRecord, Tracker, metric_key
+from stn_ablation.tracking.tracker import DatasetRecord, Tracker, TrackingError, metric_key
 from stn_ablation.training.final import final_evaluation
 from stn_ablation.training.train import EpochStats, Hooks, StopRun, TrainResult, fan_out, train
 
@@ -110,7 +110,8 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
         tracker.end_run(run_id, "pruned", str(e))
         raise
     except Exception as e:  # Ctrl-C and kill leave the run open: the same command resumes it
-        if not recorder.finishing:  # so does an error while finishing: the re-run finishes it (see _finish)
+        # so do an error while finishing (the re-run finishes it, see _finish) and a server that stayed away
+        if not recorder.finishing and not isinstance(e, TrackingError):
             tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
@@ -153,8 +154,9 @@ class Recorder:
 
 def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits, seconds: float,
             robustness: RobustnessConfig, precision: str) -> None:
-    """Final metrics, robustness sweeps and artifacts, then close the run with the trainer's status. Safe to run
-    twice (a worker killed before closing the run finishes it again on the re-run): every metric is logged once."""
+    """Final metrics, robustness sweeps and artifacts, then close the run with the trainer's status. A finished
+    run's model is logged first, so that its final metrics are the logged model's too. Safe to run twice (a worker
+    killed before closing the run finishes it again on the re-run): every metric is logged once."""
     model, cfg = result.model, result.config
     history = result.history
     final = {"n_params": sum(p.numel() for p in model.parameters()), "wall_seconds_this_process": seconds}
@@ -164,15 +166,18 @@ def _finish(tracker: Tracker, run_id: str, result: TrainResult, data: DataSplits
                      best_epoch=result.best_epoch, best_val_acc=best.val_acc,
                      train_seconds=sum(s.seconds for s in history),
                      mean_images_per_s=sum(s.images_per_s for s in history) / len(history))
-    tracker.log_metrics_once(run_id, {k: v for k, v in final.items() if math.isfinite(v)}, step=len(history))
     tracker.log_dict(run_id, cfg.as_dict(), "config.json")
+    model_id = evaluation = None
     if result.status == "finished":
         evaluation = final_evaluation(model, cfg, data, robustness, precision)
         tracker.log_dict(run_id, evaluation.per_class_test_acc, "per_class_test_acc.json")
+        model_id = tracker.log_model(run_id, model, data.test_x[:2], step=len(history))
+    tracker.log_metrics_once(run_id, {k: v for k, v in final.items() if math.isfinite(v)}, step=len(history),
+                             model_id=model_id)
+    if evaluation is not None:
         by_class = {f"class_test_acc/{metric_key(c)}": v for c, v in evaluation.per_class_test_acc.items()
                     if math.isfinite(v)}  # the report's per-class table, by class name (a class without images: NaN)
-        tracker.log_metrics_once(run_id, {**evaluation.metrics, **by_class})
-        tracker.log_model(run_id, model, data.test_x[:2])
+        tracker.log_metrics_once(run_id, {**evaluation.metrics, **by_class}, model_id=model_id)
     tracker.end_run(run_id, result.status, result.reason)
 
 

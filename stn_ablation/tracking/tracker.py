@@ -1,16 +1,20 @@
 """Everything MLflow: the only module that imports it. Runs are addressed by id through `MlflowClient`, never
-through mlflow's global active run, so that trials in several processes can nest under one parent run."""
+through mlflow's global active run, so that trials in several processes can nest under one parent run. A tracking
+server's outage is waited out (`_Patient`), so a worker neither loses a metric nor logs one twice."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import tempfile
+import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +29,9 @@ from stn_ablation.faults import fault_point
 from stn_ablation.locks import file_lock
 
 SYSTEM_METRICS_SECONDS = 10  # sampling interval of MLflow's system metrics monitor
+SERVER_PATIENCE = 600.0  # seconds a call to a tracking server waits out an outage before the worker gives up
+MODEL_NAME = "model"  # the logged model's name: `runs:/<run id>/model` finds it
+log = logging.getLogger(__name__)
 KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: a training experiment, not GenAI
 KEY_TAG = "stn.key"  # identifies one unit of work (a config, a study cell) across re-runs of the same command
 PARENT_TAG = "mlflow.parentRunId"
@@ -47,11 +54,12 @@ class TrackingError(UsageError):
 
 
 class Tracker:
-    """A handle on one MLflow tracking store (sqlite file or server) and where its artifacts go."""
+    """A handle on one MLflow tracking store (sqlite file or server) and where its artifacts go: `artifact_root`
+    for a database; a server keeps them itself, so that every worker and the UI read them through it."""
 
-    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None, patience: float = SERVER_PATIENCE):
         self.uri = tracking_uri
-        self.artifact_root = artifact_root
+        self.artifact_root = None if tracking_uri.startswith(("http://", "https://")) else artifact_root
         try:
             if tracking_uri.startswith("sqlite:///"):  # a new sqlite store creates its tables: one worker at a time
                 database = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -63,6 +71,9 @@ class Tracker:
                         SqlAlchemyStore(tracking_uri, (artifact_root / "Default").as_uri())
                     self.client = MlflowClient(tracking_uri)
                     self.client.search_experiments(max_results=1)
+            elif tracking_uri.startswith(("http://", "https://")):
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # _Patient retries, and says so
+                self.client = _Patient(MlflowClient(tracking_uri), tracking_uri, patience)
             else:
                 self.client = MlflowClient(tracking_uri)
         except Exception as e:
@@ -75,28 +86,29 @@ class Tracker:
         try:
             if self.uri.startswith(("http://", "https://")):
                 urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=10).close()
-            self.client.search_experiments(max_results=1)
+            getattr(self.client, "impatient", self.client).search_experiments(max_results=1)
         except Exception as e:
             raise TrackingError(f"MLflow tracking store {self.uri} is unreachable ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:200]}); start the server or pass another "
                                 "--tracking-uri") from None
 
-    def experiment(self, name: str) -> str:
+    def experiment(self, name: str, description: str = "") -> str:
         """Id of experiment `name`, created if absent; safe when several processes race to create it. It is
-        tagged as a model-training experiment, so MLflow 3's UI opens it on its runs, not on the GenAI overview."""
+        tagged as a model-training experiment, and `description` is its note (the UI's "Description")."""
         found = self.client.get_experiment_by_name(name)
+        tags = {**KIND, **({"mlflow.note.content": description} if description else {})}
         if found is None:
             location = (self.artifact_root / name).as_uri() if self.artifact_root else None
             try:
-                experiment_id = self.client.create_experiment(name, artifact_location=location, tags=KIND)
+                experiment_id = self.client.create_experiment(name, artifact_location=location, tags=tags)
             except MlflowException:
                 found = self.client.get_experiment_by_name(name)
                 if found is None:
                     raise
         if found is not None:
             experiment_id = found.experiment_id
-            if any(found.tags.get(k) != v for k, v in KIND.items()):  # made by an older version
-                for k, v in KIND.items():
+            for k, v in tags.items():  # an experiment made by an older version lacks them
+                if found.tags.get(k) != v:
                     self.client.set_experiment_tag(experiment_id, k, v)
         return experiment_id
 
@@ -160,17 +172,21 @@ class Tracker:
             fault_point("mlflow")
             self.client.log_batch(run_id, metrics=batch)
 
-    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
-        for batch in _batches([Metric(k, float(v), _now_ms(), step) for k, v in values.items()]):
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0, model_id: str | None = None) -> None:
+        """Each value at `step`; with `model_id`, also as a metric of that logged model (its page and the
+        experiment's Models tab show it)."""
+        now = _now_ms()
+        for batch in _batches([Metric(k, float(v), now, step, model_id=model_id) for k, v in values.items()]):
             self.client.log_batch(run_id, metrics=batch)
 
-    def log_metrics_once(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    def log_metrics_once(self, run_id: str, values: dict[str, float], step: int = 0,
+                         model_id: str | None = None) -> None:
         """Log each metric unless it already has a value at `step`: finishing a run twice (a worker killed after
         its final metrics, then re-run) leaves one value per key and step."""
         present = self.client.get_run(run_id).data.metrics
         logged = {k for k in values if k in present
                   and any(m.step == step for m in self.metric_history(run_id, k))}
-        self.log_metrics(run_id, {k: v for k, v in values.items() if k not in logged}, step)
+        self.log_metrics(run_id, {k: v for k, v in values.items() if k not in logged}, step, model_id)
 
     def log_datasets(self, run_id: str, datasets: Iterable[DatasetRecord]) -> None:
         """The data a run read, as MLflow dataset inputs (the run page's "Datasets" column); logged once per run."""
@@ -184,40 +200,60 @@ class Tracker:
                          [InputTag("mlflow.data.context", d.context)])
             for d in datasets])
 
-    def log_model(self, run_id: str, model, example) -> None:
-        """The trained model as an MLflow PyTorch model under `model/`, with a signature and an input example, so
-        `mlflow.pytorch.load_model("runs:/<id>/model")` returns it (on the CPU, taking normalized images like
-        `example`). Pickled (the classes are the suite's own), saved locally and uploaded as artifacts, which
-        needs no active fluent run; the requirement is pinned rather than inferred (inference imports the model
-        in a subprocess, seconds per run)."""
+    def log_model(self, run_id: str, model, example, step: int = 0) -> str:
+        """The trained model as an MLflow 3 logged model of the run (the runs table's Models column, the
+        experiment's Models tab); its id. Saved as a `torch.export` program (pt2) with a signature and an input
+        example, so `mlflow.pytorch.load_model("runs:/<id>/model")` returns it with torch alone, no stn-ablation
+        (on the CPU, taking normalized images like `example`). A run finished twice keeps its one model."""
         import mlflow.pytorch
         import torch
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import infer_signature
 
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        found = [m for m in self.client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")
+                 if m.name == MODEL_NAME]
+        if found and found[0].status == LoggedModelStatus.READY:
+            return found[0].model_id
+        logged = found[0] if found else self.client.create_logged_model(
+            experiment_id, MODEL_NAME, source_run_id=run_id, model_type="pytorch",
+            tags={"mlflow.modelFlavor": "pytorch", "serialization_format": "pt2"})
         model, example = copy.deepcopy(model).cpu().eval(), example.float().cpu()  # loadable on any machine
         with torch.no_grad():
             x, y = example.numpy(), model(example).numpy()
-        quiet = logging.getLogger("mlflow.pytorch")  # its pickle warning: these are the suite's own classes
-        with tempfile.TemporaryDirectory() as tmp, _level(quiet, logging.ERROR):
+        with tempfile.TemporaryDirectory() as tmp:
             mlflow.pytorch.save_model(model, f"{tmp}/model", signature=infer_signature(x, y), input_example=x,
-                                      serialization_format="pickle",
-                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "stn-ablate"])
-            self.client.log_artifacts(run_id, f"{tmp}/model", "model")
+                                      serialization_format="pt2",
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            self.client.log_model_artifacts(logged.model_id, f"{tmp}/model")
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step)])
+        return logged.model_id
 
     def load_model(self, run_id: str):
-        """The model `log_model` logged for the run, on the CPU; None when the run has none (or it cannot be read)."""
+        """The model the run logged, on the CPU, or None when it has none (or it cannot be read): a logged model
+        (a torch.export program) or, from runs logged before those, the pickled module under its `model/`
+        artifacts. Both carry the trained weights under the module's own parameter names."""
+        import mlflow.artifacts
         import mlflow.pytorch
 
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                return mlflow.pytorch.load_model(self.download_artifact(run_id, "model", tmp), map_location="cpu")
+            try:  # not through runs:/, whose lookup of a logged model ignores a tracking URI passed to it
+                outputs = self.client.get_run(run_id).outputs
+                if outputs and outputs.model_outputs:
+                    location = self.client.get_logged_model(outputs.model_outputs[-1].model_id).artifact_location
+                    local = mlflow.artifacts.download_artifacts(location, dst_path=tmp, tracking_uri=self.uri)
+                else:
+                    local = self.download_artifact(run_id, MODEL_NAME, tmp)
+                return mlflow.pytorch.load_model(local, map_location="cpu")
             except (MlflowException, OSError):
                 return None
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, resumed: bool) -> Iterator[None]:
         """MLflow's CPU, memory (and GPU, where there is one) sampling while the block runs, as `system/*`
-        metrics of `run_id`; a resumed run continues its step count."""
+        metrics of `run_id`; a resumed run continues its step count. MLflow's monitor stops at a server outage: the
+        rest of that run has no system metrics (they describe the machine, not the result)."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=resumed,
@@ -227,9 +263,13 @@ class Tracker:
             yield
         finally:
             monitor.finish()
-            monitor.collect_metrics()  # a last sample, so a run shorter than the interval has one too
-            monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
+            try:
+                monitor.collect_metrics()  # a last sample, so a run shorter than the interval has one too
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+            except Exception as e:  # a server that stayed away: the error that ends the run is the tracker's
+                if not _unreachable(e):
+                    raise
 
     def find_finished(self, tag: str, value: str) -> list:
         """Every finished run of any active experiment whose tag `tag` is `value`, newest first."""
@@ -341,14 +381,60 @@ class Tracker:
         self.client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, mlflow_status)))
 
 
-@contextlib.contextmanager
-def _level(logger: logging.Logger, level: int) -> Iterator[None]:
-    previous = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
+class _Patient:
+    """An `MlflowClient` of a tracking server whose calls wait out an outage: a call that cannot reach the server
+    is retried after 1, 2, 4, ... 30 s (one line each), for up to `patience` seconds, then fails in one line. A
+    retried call sends the same metrics with the same timestamps, which the server stores once."""
+
+    def __init__(self, client: MlflowClient, uri: str, patience: float):
+        self.impatient, self.uri, self.patience = client, uri, patience
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.impatient, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            started, wait = time.monotonic(), 1.0
+            while True:
+                try:
+                    result = attr(*args, **kwargs)
+                except Exception as e:
+                    if not _unreachable(e):
+                        raise
+                    waited = time.monotonic() - started
+                    why = f"{type(e).__name__}: {_first_line(e)}"
+                    if waited + wait > self.patience:
+                        raise TrackingError(f"MLflow server {self.uri} unreachable for {waited:.0f} s ({name}: "
+                                            f"{why}); start it and re-run the same command: unfinished trials "
+                                            "resume from their checkpoints") from None
+                    log.warning("MLflow server %s unreachable (%s); retrying in %.0f s, %.0f s waited of %.0f",
+                                self.uri, name, wait, waited, self.patience)
+                    time.sleep(wait)
+                    wait = min(2 * wait, 30.0)
+                    continue
+                if wait > 1.0:
+                    log.warning("MLflow server %s is back after %.0f s; %s went through", self.uri,
+                                time.monotonic() - started, name)
+                return result
+        return call
+
+
+def _unreachable(error: Exception) -> bool:
+    """Whether `error` says the server could not be reached or could not answer (connection refused or reset, a
+    timeout, a 5xx), rather than that it rejected the request."""
+    import requests
+
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    message = str(error)
+    return isinstance(error, MlflowException) and message.startswith("API request to") and (
+        "failed with exception" in message or "error code 5" in message)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:160] if str(error) else ""
 
 
 def _batches(metrics: list[Metric], size: int = 1000) -> Iterator[list[Metric]]:
