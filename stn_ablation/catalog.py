@@ -68,6 +68,7 @@ GENERATED_SETS = tuple(name for name, d in CATALOG.items() if d.base)
 # data/own.py loads it and measures what the catalog states for these (its channels, side, mean and std).
 OWN_KINDS = ("folder", "npz")
 OWN_PROVENANCE = "own data"  # its runs' data_provenance: there is no release to check it against
+IMAGE_WIDTH_TAG = "image_width"  # a run's tag: its images' width in pixels, which the catalog cannot state for own data
 
 
 def own_data(name: str) -> tuple[str, str] | None:

@@ -58,6 +58,7 @@ def test_the_example_trains_and_reports_a_users_classifier_beside_its_stn(data_r
     _, children = child_runs(Path(home), "my_study")
     run = next(r for r in children if r.data.tags["variant"] == "small_resnet+stn")
     assert run.data.tags["twin"] == "small_resnet" and run.data.tags["data_provenance"] == "own data"
+    assert run.data.tags["image_width"] == "32" and ") pixels (x, y)" in report  # the transform's shift in pixels
     inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
     test = inputs["folder:examples/data/vehicles-test"]
     assert json.loads(test.source)["uri"] == str(clone / "data" / "vehicles") and len(test.digest) == 16

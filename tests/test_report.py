@@ -393,10 +393,13 @@ def test_each_transform_is_its_own_cell_paired_with_the_one_twin(store):
     rows = {row["variant"]: row for row in table.data}
     assert rows["tutorial_stn/tps"]["scale_mean"] is None and rows["tutorial_stn/affine"]["px_mean"] is None
     assert table.rows[2][3] == "—" and rows["tutorial_stn/tps"]["displacement_mean"] == pytest.approx(0.1)
-    words = {m: report.theta_sentence(rows[m], "cifar10") for m in rows}
+    words = {m: report.theta_sentence(rows[m], 32) for m in rows}
     assert "zooms in" in words["tutorial_stn/affine"] and "perspective" not in words["tutorial_stn/affine"]
     assert "perspective by (+0.020, -0.010)" in words["tutorial_stn/projective"]
     assert "control points by 1.6 pixels" in words["tutorial_stn/tps"] and "zoom" not in words["tutorial_stn/tps"]
+    # own data of another size: pixels of its own width (its runs' image_width tag); half-widths where unknown
+    assert "control points by 6.4 pixels" in report.theta_sentence(rows["tutorial_stn/tps"], 128)
+    assert "control points by 0.100 half-widths" in report.theta_sentence(rows["tutorial_stn/tps"], None)
     # tps's tx, ty are its control points' mean offset: no shift of the view, as affine's and projective's are
     assert "offsets them by (+0.3, +0.0) pixels (x, y) in the mean" in words["tutorial_stn/tps"]
     assert "shifts its view" not in words["tutorial_stn/tps"] and "shifts its view" in words["tutorial_stn/affine"]

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from stn_ablation.catalog import CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, OWN_PROVENANCE, title
+from stn_ablation.catalog import (CATALOG, CHOICES, GENERATED_SETS, GENERATION_VERSION, IMAGE_WIDTH_TAG, OWN_PROVENANCE,
+                                  title)
 from stn_ablation.errors import UsageError
 from stn_ablation.reporting.published import STN_PAPER_TRAINING, published_error
 from stn_ablation.reporting.records import (FILE_NAME, REUSED_STUDY_TAG, REUSED_TAG, STUDY_FILE_TAG, StudyRecords,
@@ -147,7 +148,7 @@ def _transformer(study: Study, md: list[str], add: Callable, show: Callable) -> 
         add(theta, "tx and ty are in normalized units (1.0 = half the image width)"
             + ("; for tps they are the control points' mean offset, not a translation" if tps else "")
             + "; ‖θ−I‖ is the distance from the identity transform.")
-        md += [f"- {theta_sentence(row, study.datasets[0])}" for row in theta.data] + [""]
+        md += [f"- {theta_sentence(row, _image_width(study))}" for row in theta.data] + [""]
     if frozen := frozen_sentences(study):
         md += ["The frozen controls trained behind one fixed transform each (family: parameters), held for every "
                "image and never learned:", "", *(f"- {line}" for line in frozen), ""]
@@ -318,6 +319,16 @@ def _header(study: Study, fmt: str) -> list[str]:
         md += [f"Older versions of this study (its file or overrides changed) exist in the same experiment and are "
                f"not reported: parent runs {', '.join(f'`{i[:8]}` (version {d})' for i, d in study.older)}.", ""]
     return md
+
+
+def _image_width(study: Study) -> int | None:
+    """The width in pixels of the study's (first) dataset's images: the catalog's, or for a user's own data the one
+    its runs were tagged with; None where the runs do not say."""
+    dataset = study.datasets[0]
+    if dataset in CATALOG:
+        return CATALOG[dataset].side
+    widths = {r.tags[IMAGE_WIDTH_TAG] for r in study.runs if IMAGE_WIDTH_TAG in r.tags}
+    return int(widths.pop()) if len(widths) == 1 else None
 
 
 def _data_line(study: Study) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stn_ablation.catalog import CATALOG, title
+from stn_ablation.catalog import title
 from stn_ablation.reporting.comparisons import Comparison, has_nan, published_difference, sign
 from stn_ablation.reporting.numbers import pct, pvalue
 from stn_ablation.reporting.results import Run, Study, objective
@@ -127,11 +127,11 @@ def frozen_sentences(study: Study) -> list[str]:
     return said
 
 
-def theta_sentence(row: dict[str, Any], dataset: str) -> str:
+def theta_sentence(row: dict[str, Any], width: int | None) -> str:
     """What one row of the transform table means, in words, in its family's terms: scale and rotation where the
     family has them, perspective for projective, control-point displacement and mean offset for tps, and the
-    shift of its view for the others."""
-    half = (CATALOG[dataset].side if dataset in CATALOG else 32) / 2
+    shift of its view for the others: in pixels of an image `width` wide, in half-widths where that is unknown."""
+    half, unit = (width / 2, "pixels") if width else (1, "half-widths")
     parts = []
     if (s := row.get("scale_mean")) is not None:
         rot = row["rotation_deg_mean"]
@@ -142,9 +142,10 @@ def theta_sentence(row: dict[str, Any], dataset: str) -> str:
     if (px := row.get("px_mean")) is not None:
         parts.append(f"tilts its view in perspective by ({px:+.3f}, {row['py_mean']:+.3f}) (x, y; 0 for an affine "
                      "map)")
-    shift = f"({row['tx_mean'] * half:+.1f}, {row['ty_mean'] * half:+.1f}) pixels (x, y)"
+    digits = 1 if width else 3
+    shift = f"({row['tx_mean'] * half:+.{digits}f}, {row['ty_mean'] * half:+.{digits}f}) {unit} (x, y)"
     if (moved := row.get("displacement_mean")) is not None:  # tps: tx, ty are the control points' mean offset
-        parts += [f"moves its control points by {moved * half:.1f} pixels on average",
+        parts += [f"moves its control points by {moved * half:.{digits}f} {unit} on average",
                   f"offsets them by {shift} in the mean (a mean of offsets, not a translation of its view)"]
     else:
         parts.append(f"shifts its view by {shift}")

@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from stn_ablation.catalog import IMAGE_WIDTH_TAG
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data.datasets import DataSplits
 from stn_ablation.device import autocast_dtype, precision_name
@@ -90,7 +91,8 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
         run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id, params=training_params(cfg),
         reuse_finished=run.reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
-              "device": str(device), "data_provenance": data.provenance, **_ablation_tags(cfg.variant),
+              "device": str(device), "data_provenance": data.provenance,
+              IMAGE_WIDTH_TAG: str(data.in_shape[-1]), **_ablation_tags(cfg.variant),
               "precision": precision, "deterministic": str(run.deterministic).lower(),
               IDENTITY_TAG: run_identity(cfg, data, device.type, precision), NUMERICS_TAG: str(NUMERICS_VERSION),
               ROBUSTNESS_TAG: robustness_tag(run.robustness), **run.tags})
