@@ -1,7 +1,7 @@
-"""The lightest MLflow server that serves the UI and the tracking API: one web worker and no job queue, 2 processes
-and about 0.5 GB, where `mlflow ui`'s defaults (four web workers, MLflow's job-queue consumers) start 15 and 3.1 GB.
-For one user's UI, or a study's workers on a loopback port, one worker answers as fast. `LocalServer` runs one for
-the tests and the benchmark."""
+"""The lightest MLflow server that serves the UI and the tracking API: one web worker and no job queue, where
+`mlflow ui`'s defaults start four web workers and MLflow's job-queue consumers (the README's "Everyday use" has their
+memory). For one user's UI, or a study's workers on a loopback port, one worker answers as fast. `LocalServer` runs
+one for the tests and the benchmark."""
 
 from __future__ import annotations
 
