@@ -348,9 +348,10 @@ def test_a_frozen_control_trains_behind_the_stns_mean_learned_transform(data_roo
     from stn_ablation.tracking.tracker import Tracker
 
     text = (Path(__file__).parent.parent / "studies" / "frozen_control.toml").read_text()
+    assert 'aug = ["none", "standard"]' in text and "seed = [0, 1, 2, 3, 4]" in text  # what the shrinking replaces
     study = tmp_path / "frozen_control.toml"
     study.write_text(text.replace('aug = ["none", "standard"]', 'aug = ["none"]')
-                     .replace("seed = [0, 1, 2]", "seed = [0, 1]") + "\n[robustness]\nimages = 100\n")
+                     .replace("seed = [0, 1, 2, 3, 4]", "seed = [0, 1]") + "\n[robustness]\nimages = 100\n")
     home = tmp_path / "home"
     assert main(["run", "--study", str(study), "--home", str(home), "--epochs", "1", "--subset", "512",
                  "--device", "cpu"]) == 0
