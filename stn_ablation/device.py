@@ -71,15 +71,25 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset((_cpuinfo(("flags", "Features"), cpuinfo) or "").split())
 
 
+# The widest vector extension decides which CPU kernels run, and fp32 kernels for different extensions round
+# differently: a run repeats bit for bit only on a CPU with the same one. Widest first; x86, then Arm.
+VECTOR_EXTENSIONS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"),
+                     ("avx", "AVX"), ("sve2", "SVE2"), ("sve", "SVE"), ("asimd", "NEON"))
+
+
 def device_model(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """What the device is, for a benchmark's header: the GPU's name on CUDA, the CPU's model string on the CPU
-    (`model name` on x86; Arm kernels often list none, and the platform's processor name is used)."""
+    """What the device is, for a benchmark's header and a run's tag: the GPU's name on CUDA; on the CPU its model
+    string (`model name` on x86; Arm kernels often list none, and the platform's processor name is used) and its
+    widest vector extension, since the model string alone (say, "AMD EPYC") does not tell AVX2 from AVX512-BF16."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         import platform
 
-        return _cpuinfo(("model name",), cpuinfo) or platform.processor() or "unknown CPU"
+        name = _cpuinfo(("model name",), cpuinfo) or platform.processor() or "unknown CPU"
+        flags = cpu_flags(cpuinfo)
+        widest = next((label for flag, label in VECTOR_EXTENSIONS if flag in flags), None)
+        return f"{name}, {widest}" if widest else name
     return device.type
 
 

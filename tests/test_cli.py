@@ -13,10 +13,12 @@ from pathlib import Path
 import mlflow.artifacts
 import mlflow.pytorch
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from stn_ablation import cli
 from stn_ablation.config import TrainConfig
+from stn_ablation.device import device_model
 from stn_ablation.paths import HOME_ENV, StateHome
 from stn_ablation.models.registry import create_model, get_variant, list_variants
 
@@ -111,6 +113,7 @@ def test_train_run_status_params_and_tags(trained, mlflow_run, cifar_raw):
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["git_commit"])
     assert tags["status"] == "finished"
     assert tags["data_provenance"] == cifar_raw.provenance  # official or not: what the loader found (test_data.py)
+    assert tags["device"] == "cpu" and tags["device_model"] == device_model(torch.device("cpu"))  # CPU and extension
 
 
 def test_train_run_metrics(mlflow_run):

@@ -154,6 +154,11 @@ def test_device_model_names_the_gpu_or_the_cpu(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\nflags\t\t: fpu\n")
     assert dev.device_model(torch.device("cpu"), cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    # the widest vector extension is named: two CPUs of one model string can run different fp32 kernels
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512f avx512_bf16\n")
+    assert dev.device_model(torch.device("cpu"), cpuinfo) == "AMD EPYC, AVX512-BF16"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2\n")
+    assert dev.device_model(torch.device("cpu"), cpuinfo) == "AMD EPYC, AVX2"
     assert dev.device_model(torch.device("cpu"), tmp_path / "absent")  # a name of some kind, never empty
 
 

@@ -126,7 +126,8 @@ def store(tmp_path_factory):
             trial += 1
     for (model, aug), status in SEED3.items():
         cfg = base.with_overrides(variant=model.split("/")[0], aug=aug, seed=3)
-        runs[model, aug, 3] = _child(tracker, parent, "fab", cfg, trial, status, 0.5)
+        runs[model, aug, 3] = _child(tracker, parent, "fab", cfg, trial, status, 0.5,  # tagged as runs are now
+                                     extra_tags={"device_model": "AMD EPYC, AVX2"})
         trial += 1
 
     solo = _parent(tracker, "solo", {"variant": "tutorial_stn,tutorial_cnn", "seed": "0"}, base, n_trials=2)
@@ -229,7 +230,8 @@ def test_readme_header_traces_every_number(store):
     assert f"parent run `{store['parent']}`" in text
     assert "CIFAR-10: **not the official release** (local copy, md5 differs from official: test_batch)" in text
     assert "Older versions of this study" in text
-    assert "| device, precision | cpu, bfloat16 (15 runs) |" in text
+    # runs from before the device_model tag say only the device type; the others name the CPU and its extension
+    assert "| device, precision | cpu, bfloat16 (12 runs); cpu, bfloat16 on AMD EPYC, AVX2 (3 runs) |" in text
 
 
 def test_stn_section_has_transform_statistics_and_pictures(fab, store):

@@ -297,7 +297,8 @@ def _header(study: Study, fmt: str) -> list[str]:
         f"tuning, {study.parent_params.get('n_trials', '?')} trials, sampler {study.parent_params.get('sampler', '?')}"
     commits = _counter((t.get("git_commit", "unknown"), t.get("git_dirty", "unknown")) for t in everything)
     git = [f"`{c}`{' with **uncommitted changes**' if d == 'true' else ''} ({_runs(n)})" for (c, d), n in commits]
-    devices = _counter(f"{r.tags.get('device', '?')}, {r.tags.get('precision', '?')}" for r in runs)
+    devices = _counter(f"{r.tags.get('device', '?')}, {r.tags.get('precision', '?')}"
+                       + (f" on {r.tags['device_model']}" if "device_model" in r.tags else "") for r in runs)
     rows = [["study", f"{study.name}, version {tags.get('study_digest', '?')}: {shape}"],
             ["runs", ", ".join(f"{n} {s}" for s, n in _counter(r.status for r in runs)) or "none yet"],
             ["code", "; ".join(git)],

@@ -18,7 +18,7 @@ import torch.nn as nn
 from stn_ablation.catalog import IMAGE_WIDTH_TAG
 from stn_ablation.config import RobustnessConfig, TrainConfig
 from stn_ablation.data.datasets import DataSplits
-from stn_ablation.device import autocast_dtype, precision_name
+from stn_ablation.device import autocast_dtype, device_model, precision_name
 from stn_ablation.tracking.identity import IDENTITY_TAG, NUMERICS_TAG, NUMERICS_VERSION, run_identity, training_params
 from stn_ablation.models.registry import build_model, get_variant
 from stn_ablation.tracking.tracker import DatasetRecord, Tracker, TrackingError, metric_key
@@ -91,7 +91,7 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
         run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id, params=training_params(cfg),
         reuse_finished=run.reuse_finished,
         tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
-              "device": str(device), "data_provenance": data.provenance,
+              "device": str(device), "device_model": device_model(device), "data_provenance": data.provenance,
               IMAGE_WIDTH_TAG: str(data.in_shape[-1]), **_ablation_tags(cfg.variant),
               "precision": precision, "deterministic": str(run.deterministic).lower(),
               IDENTITY_TAG: run_identity(cfg, data, device.type, precision), NUMERICS_TAG: str(NUMERICS_VERSION),
