@@ -26,7 +26,7 @@ from stn_ablation.study.storage import open_storage
 from stn_ablation.study.spec import StudyFileError, load_spec
 from stn_ablation.tracking.tracker import Tracker
 from stn_ablation.models.registry import build_model
-from stn_ablation.training.train import train
+from stn_ablation.training.train import Hooks, train
 from tests.studyutil import child_runs, cli, shrunk_study, study_trials
 
 CPU = torch.device("cpu")
@@ -148,6 +148,39 @@ def test_finishing_a_run_twice_logs_each_metric_once(small_cifar, tmp_path, shri
             continue
         steps = [m.step for m in tracker.client.get_metric_history(first, key)]
         assert len(steps) == len(set(steps)), f"{key} logged twice at one step: {steps}"
+
+
+@pytest.mark.parametrize("checkpoint", ["gone", "another attempt's"])
+def test_a_run_whose_epochs_are_not_in_the_checkpoint_is_not_continued(small_cifar, tmp_path, shrink, checkpoint):
+    """An unfinished run whose checkpoint is gone (its machine is, and its runs file was imported) or holds another
+    attempt's epochs must not be continued: the new epochs would be spliced onto the old ones. It is closed as
+    failed, saying why, and the cell trains in a new run whose history is the new attempt's alone."""
+    data = shrink(small_cifar, 128, 100)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art")
+    cfg = TrainConfig(variant="tutorial_cnn", epochs=2, batch_size=64)
+    ckpt = tmp_path / "c.pt"
+    run = TrackedRun(cfg, tracker.experiment("splice"), key="cell", run_name="r", checkpoint=ckpt,
+                     robustness=RobustnessConfig(images=0))
+
+    def interrupt(stats, model):
+        raise KeyboardInterrupt  # what a kill does: the run stays open, the checkpoint holds epoch 1
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tracked(run, data, CPU, tracker, hooks=[Hooks(on_epoch=interrupt)])
+    (old,) = tracker.client.search_runs([run.experiment_id])
+    if checkpoint == "gone":
+        ckpt.unlink()
+    else:
+        state = load_checkpoint(ckpt)
+        state["history"][0]["train_loss"] += 1e-6
+        save_checkpoint(state, ckpt)
+    new, result = run_tracked(run, data, CPU, tracker)
+    assert new != old.info.run_id
+    set_aside = tracker.client.get_run(old.info.run_id).data.tags
+    assert set_aside["status"] == "failed" and "not in this worker's checkpoint" in set_aside["status_reason"]
+    logged = tracker.client.get_metric_history(new, "train_loss")
+    assert [(m.step, m.value) for m in logged] == [(s.epoch, s.train_loss) for s in result.history]
+    assert tracker.find_run(run.experiment_id, "cell").info.run_id == new
 
 
 @pytest.mark.parametrize("saved", [{"device": "cpu", "precision": "float32"}, {"device": "cuda", "precision":

@@ -81,59 +81,72 @@ def run_tracked(run: TrackedRun, data: DataSplits, device: torch.device, tracker
                 hooks: Sequence[Hooks] = (), on_open: Callable[[str], None] | None = None
                 ) -> tuple[str, TrainResult]:
     """Train `run.cfg` as the MLflow run identified by `run.key`. A killed run re-run with the same key continues
-    its checkpoint in the same MLflow run, with no gap and no duplicate step. `on_open` gets the run id before
-    training; `hooks` listen to the trainer after the MLflow logging and the progress bar. A hook's `StopRun`
-    (pruning) closes the run as pruned and propagates; so does any other error, closing it as failed. A finished
-    run is then evaluated under the `robustness` sweeps."""
+    its checkpoint in the same MLflow run, with no gap and no duplicate step (a new run when the logged epochs are
+    not the checkpoint's: Recorder.start). `on_open` gets the run id before training, and again for a new run;
+    `hooks` listen to the trainer after the MLflow logging and the progress bar. A hook's `StopRun` (pruning)
+    closes the run as pruned and propagates; so does any other error, closing it as failed. A finished run is then
+    evaluated under the `robustness` sweeps."""
     cfg = run.cfg
     precision = precision_name(autocast_dtype(device, run.precision))
-    run_id = tracker.open_run(
-        run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id, params=training_params(cfg),
-        reuse_finished=run.reuse_finished,
-        tags={"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
-              "device": str(device), "device_model": device_model(device), "data_provenance": data.provenance,
-              IMAGE_WIDTH_TAG: str(data.in_shape[-1]), **_ablation_tags(cfg.variant),
-              "precision": precision, "deterministic": str(run.deterministic).lower(),
-              IDENTITY_TAG: run_identity(cfg, data, device.type, precision), NUMERICS_TAG: str(NUMERICS_VERSION),
-              ROBUSTNESS_TAG: robustness_tag(run.robustness), **run.tags})
-    if on_open:
-        on_open(run_id)
-    tracker.log_datasets(run_id, dataset_records(data))
-    _log_generation(tracker, run_id, data.generation)
+    tags = {"variant": cfg.variant, "augmentation": cfg.aug, "seed": str(cfg.seed), "dataset": cfg.dataset,
+            "device": str(device), "device_model": device_model(device), "data_provenance": data.provenance,
+            IMAGE_WIDTH_TAG: str(data.in_shape[-1]), **_ablation_tags(cfg.variant),
+            "precision": precision, "deterministic": str(run.deterministic).lower(),
+            IDENTITY_TAG: run_identity(cfg, data, device.type, precision), NUMERICS_TAG: str(NUMERICS_VERSION),
+            ROBUSTNESS_TAG: robustness_tag(run.robustness), **run.tags}
+
+    def open_run() -> str:
+        run_id = tracker.open_run(run.experiment_id, run.key, run.run_name, parent_run_id=run.parent_run_id,
+                                  params=training_params(cfg), reuse_finished=run.reuse_finished, tags=tags)
+        if on_open:
+            on_open(run_id)
+        tracker.log_datasets(run_id, dataset_records(data))
+        _log_generation(tracker, run_id, data.generation)
+        return run_id
+
     progress = Progress(run.progress_label or run.run_name, cfg.epochs)
     sampling = contextlib.ExitStack()
-    recorder = Recorder(tracker, run_id, run, data, sampling)
+    recorder = Recorder(tracker, open_run, run, data, sampling)
     try:
         with sampling:
             result = train(build_model(cfg, data.in_shape, data.num_classes), cfg, data, device,
                            checkpoint=run.checkpoint, precision=run.precision, deterministic=run.deterministic,
                            **fan_out([progress.hooks, recorder.hooks, *hooks]))
     except StopRun as e:
-        tracker.end_run(run_id, "pruned", str(e))
+        tracker.end_run(recorder.run_id, "pruned", str(e))
         raise
     except Exception as e:  # Ctrl-C and kill leave the run open: the same command resumes it
         # so do an error while finishing (the re-run finishes it, see _finish) and a server that stayed away
         if not recorder.finishing and not isinstance(e, TrackingError):
-            tracker.end_run(run_id, "failed", f"{type(e).__name__}: {e}")
+            tracker.end_run(recorder.run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         progress.close()
-    return run_id, result
+    return recorder.run_id, result
 
 
 class Recorder:
     """The trainer's events as one MLflow run: resumed epochs replayed, each epoch's metrics (and an STN's
     pictures), system metrics while training, then the final metrics, the robustness sweeps and the model."""
 
-    def __init__(self, tracker: Tracker, run_id: str, run: TrackedRun, data: DataSplits,
+    def __init__(self, tracker: Tracker, open_run: Callable[[], str], run: TrackedRun, data: DataSplits,
                  sampling: contextlib.ExitStack):
-        self.tracker, self.run_id, self.run, self.data, self.sampling = tracker, run_id, run, data, sampling
+        self.tracker, self.open_run, self.run, self.data, self.sampling = tracker, open_run, run, data, sampling
+        self.run_id = open_run()
         self.pictures = grid_epochs(run.cfg.epochs)
         self.started = time.perf_counter()
         self.finishing = False
         self.hooks = Hooks(on_start=self.start, on_epoch=self.epoch, on_end=self.end)
 
     def start(self, resumed: list[EpochStats]) -> None:
+        """A reopened run continues only if its logged epochs are the checkpoint's: epochs of an attempt whose
+        checkpoint is gone (another machine's, an imported runs file's) would splice two trainings into one
+        history. Such a run is closed as failed, saying why, and the cell starts a new run."""
+        logged = self.tracker.metric_history(self.run_id, "train_loss")
+        if any(m.step > len(resumed) or m.value != resumed[m.step - 1].train_loss for m in logged):
+            self.tracker.set_aside(self.run_id, f"its epochs 1-{max(m.step for m in logged)} are not in this "
+                                   f"worker's checkpoint ({len(resumed)} epochs): trained again in a new run")
+            self.run_id = self.open_run()
         self.tracker.log_epochs(self.run_id, resumed)  # fills what a kill between checkpoint and logging left out
         if resumed:
             self.tracker.set_tags(self.run_id, {"resumed_from_epoch": str(len(resumed))})
