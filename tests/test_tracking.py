@@ -64,3 +64,19 @@ def test_only_finished_runs_look_successful(tracker, status, mlflow_status):
 
 def test_experiment_creation_is_idempotent(tracker):
     assert tracker.experiment("twice") == tracker.experiment("twice")
+
+
+def test_a_copied_run_takes_its_new_name_over_its_old_run_name_tag(tracker):
+    """A reused run is copied under the new cell's name; its record still carries the source's mlflow.runName,
+    which an older naming scheme spelled differently (tutorial_stn-affine-none-s0, now tutorial_stn-s0-none-affine)."""
+    experiment = tracker.experiment("copies")
+    source = tracker.open_run(experiment, "old", "tutorial_stn-affine-none-s0", tags={"variant": "tutorial_stn"},
+                              params={"seed": 0})
+    tracker.log_epochs(source, [_epoch(1)])
+    tracker.end_run(source, "finished")
+    record = tracker.read_run(tracker.client.get_run(source))
+    copy = tracker.write_run(experiment, {**record, "name": "tutorial_stn-s0-none-affine"}, tags={"copied": "yes"},
+                             files={})
+    run = tracker.client.get_run(copy)
+    assert run.info.run_name == "tutorial_stn-s0-none-affine" and run.data.tags["copied"] == "yes"
+    assert run.data.tags["variant"] == "tutorial_stn" and run.data.params == {"seed": "0"}

@@ -314,7 +314,9 @@ class Tracker:
         times, status, metric histories, dataset inputs and the artifact `files` (path -> bytes); its new id."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        all_tags = {k: v for k, v in record["tags"].items() if k != PARENT_TAG} | tags
+        # the record's own name (`run_name`) wins over its old mlflow.runName tag: a reused run is copied under the
+        # new cell's name, which a later version of the naming scheme may spell differently
+        all_tags = {k: v for k, v in record["tags"].items() if k not in (PARENT_TAG, "mlflow.runName")} | tags
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run_id = self.client.create_run(experiment_id, start_time=record["start"], run_name=record["name"],
