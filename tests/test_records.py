@@ -177,7 +177,7 @@ def test_a_run_whose_epochs_are_not_in_the_checkpoint_is_not_continued(small_cif
     new, result = run_tracked(run, data, CPU, tracker)
     assert new != old.info.run_id
     set_aside = tracker.client.get_run(old.info.run_id).data.tags
-    assert set_aside["status"] == "failed" and "not in this worker's checkpoint" in set_aside["status_reason"]
+    assert set_aside["status"] == "failed" and "are not those of this worker's checkpoint" in set_aside["status_reason"]
     logged = tracker.client.get_metric_history(new, "train_loss")
     assert [(m.step, m.value) for m in logged] == [(s.epoch, s.train_loss) for s in result.history]
     assert tracker.find_run(run.experiment_id, "cell").info.run_id == new

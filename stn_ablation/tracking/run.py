@@ -144,8 +144,8 @@ class Recorder:
         history. Such a run is closed as failed, saying why, and the cell starts a new run."""
         logged = self.tracker.metric_history(self.run_id, "train_loss")
         if any(m.step > len(resumed) or m.value != resumed[m.step - 1].train_loss for m in logged):
-            self.tracker.set_aside(self.run_id, f"its epochs 1-{max(m.step for m in logged)} are not in this "
-                                   f"worker's checkpoint ({len(resumed)} epochs): trained again in a new run")
+            self.tracker.set_aside(self.run_id, f"its logged epochs 1-{max(m.step for m in logged)} are not those "
+                                   f"of this worker's checkpoint (it holds {len(resumed)}): trained again in a new run")
             self.run_id = self.open_run()
         self.tracker.log_epochs(self.run_id, resumed)  # fills what a kill between checkpoint and logging left out
         if resumed:
