@@ -143,6 +143,8 @@ def test_finishing_a_run_twice_logs_each_metric_once(small_cifar, tmp_path, shri
     first, _ = run_tracked(run, data, CPU, tracker)
     again, _ = run_tracked(run, data, CPU, tracker)  # the checkpoint holds every epoch
     assert again == first
+    (tmp_path / "c.pt").unlink()  # a finished run whose checkpoint is gone keeps its result: it is not set aside
+    assert run_tracked(run, data, CPU, tracker)[0] == first and tracker.client.get_run(first).info.status == "FINISHED"
     for key in tracker.client.get_run(first).data.metrics:
         if key.startswith("system/"):
             continue

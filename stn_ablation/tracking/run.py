@@ -139,11 +139,13 @@ class Recorder:
         self.hooks = Hooks(on_start=self.start, on_epoch=self.epoch, on_end=self.end)
 
     def start(self, resumed: list[EpochStats]) -> None:
-        """A reopened run continues only if its logged epochs are the checkpoint's: epochs of an attempt whose
-        checkpoint is gone (another machine's, an imported runs file's) would splice two trainings into one
-        history. Such a run is closed as failed, saying why, and the cell starts a new run."""
+        """A reopened unfinished run continues only if its logged epochs are the checkpoint's: epochs of an attempt
+        whose checkpoint is gone (another machine's, an imported runs file's) would splice two trainings into one
+        history. Such a run is closed as failed, saying why, and the cell starts a new run. A finished run (reused,
+        `reuse_finished`) keeps its result: nothing new is logged into it."""
         logged = self.tracker.metric_history(self.run_id, "train_loss")
-        if any(m.step > len(resumed) or m.value != resumed[m.step - 1].train_loss for m in logged):
+        finished = bool(logged) and self.tracker.client.get_run(self.run_id).info.status == "FINISHED"
+        if not finished and any(m.step > len(resumed) or m.value != resumed[m.step - 1].train_loss for m in logged):
             self.tracker.set_aside(self.run_id, f"its logged epochs 1-{max(m.step for m in logged)} are not those "
                                    f"of this worker's checkpoint (it holds {len(resumed)}): trained again in a new run")
             self.run_id = self.open_run()
