@@ -146,8 +146,9 @@ class Recorder:
         logged = self.tracker.metric_history(self.run_id, "train_loss")
         finished = bool(logged) and self.tracker.client.get_run(self.run_id).info.status == "FINISHED"
         if not finished and any(m.step > len(resumed) or m.value != resumed[m.step - 1].train_loss for m in logged):
-            self.tracker.set_aside(self.run_id, f"its logged epochs 1-{max(m.step for m in logged)} are not those "
-                                   f"of this worker's checkpoint (it holds {len(resumed)}): trained again in a new run")
+            epochs = max(m.step for m in logged)
+            self.tracker.set_aside(self.run_id, self.run.key, f"its logged epochs 1-{epochs} are not those of this "
+                                   f"worker's checkpoint (it holds {len(resumed)}): trained again in a new run")
             self.run_id = self.open_run()
         self.tracker.log_epochs(self.run_id, resumed)  # fills what a kill between checkpoint and logging left out
         if resumed:

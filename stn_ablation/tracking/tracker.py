@@ -375,10 +375,9 @@ class Tracker:
         reopened, or (a study's parent) left incomplete while other workers may still add to it."""
         self.client.update_run(run_id, status=status)
 
-    def set_aside(self, run_id: str, reason: str) -> None:
-        """Close an unfinished run as failed for `reason` and untie it from its key, so that the key's next
+    def set_aside(self, run_id: str, key: str, reason: str) -> None:
+        """Close `key`'s unfinished run as failed for `reason` and untie it from the key, so that the key's next
         `open_run` creates a new run instead of reopening this one."""
-        key = self.client.get_run(run_id).data.tags.get(KEY_TAG, "")
         self.set_tags(run_id, {KEY_TAG: f"{key}#set-aside"})
         self.end_run(run_id, "failed", reason)
 
